@@ -1,0 +1,43 @@
+# Short commands over CMake.  Everything lands under build/.
+BUILD      ?= build
+ASAN_BUILD ?= build/asan
+PREFIX     ?= /usr/local
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_TYPE ?= RelWithDebInfo
+
+.PHONY: all deps configure test test-plain test-asan bench-lib install clean
+
+all: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+deps:
+	@scripts/deps.sh
+
+configure: deps
+	@test -f $(BUILD)/CMakeCache.txt || \
+	  cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(CMAKE_TYPE) -DCMAKE_INSTALL_PREFIX=$(PREFIX)
+
+# All tests, twice: a plain build and one under ASan+UBSan, each against a
+# throw-away PostgreSQL cluster (or PGTX_TEST_DSN when set).
+test: test-plain test-asan
+
+test-plain: all
+	scripts/with-pg.sh ctest --test-dir $(BUILD) --output-on-failure
+
+test-asan: deps
+	@test -f $(ASAN_BUILD)/CMakeCache.txt || \
+	  cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPGTX_SANITIZE=ON
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  scripts/with-pg.sh ctest --test-dir $(ASAN_BUILD) --output-on-failure
+
+bench-lib: all
+	scripts/with-pg.sh $(BUILD)/bench-lib
+
+install: configure
+	cmake --build $(BUILD) -j $(JOBS)
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,414 @@
+/*
+ * pgtx.h — the whole public API of libpgtx.
+ *
+ * libpgtx is a thread-safe libpq connection pool, "engines" that are cheap
+ * views of one pool with their own transaction options, and a transaction
+ * runner that commits, rolls back and retries what PostgreSQL says may simply
+ * be run again.
+ *
+ * Conventions (the same for every function):
+ *  - A function that can fail returns pgtx_status: PGTX_OK (0) on success,
+ *    a non-zero status otherwise.  When it fails, its out-parameters are left
+ *    untouched and, if `err` is not NULL, *err describes the failure (status,
+ *    SQLSTATE, message).  The error struct is owned by the caller; the library
+ *    never allocates on the error path.
+ *  - pgtx_X_create() returns a new object the caller owns and releases with
+ *    pgtx_X_destroy().  Functions whose name ends in _borrow hand out a
+ *    pointer owned by the library, valid for the lifetime stated beside them.
+ *  - Thread-safety is stated per object: a pool and an engine may be shared by
+ *    any number of threads; a checked-out connection and a transaction handle
+ *    belong to one thread at a time.
+ *  - The library writes nothing to stdout or stderr unless asked: see
+ *    pgtx_pool_config.log and .echo.
+ *
+ * Evolution: statuses and classes may gain members at the end; existing
+ * values never change.  Config structs are initialised by their _init()
+ * function so that new fields get defaults.
+ */
+#ifndef PGTX_H
+#define PGTX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PGTX_VERSION_MAJOR 0
+#define PGTX_VERSION_MINOR 1
+#define PGTX_VERSION_PATCH 0
+/* 0xMMmmpp, comparable with < and >. */
+#define PGTX_VERSION_HEX                                                       \
+    ((PGTX_VERSION_MAJOR << 16) | (PGTX_VERSION_MINOR << 8) | PGTX_VERSION_PATCH)
+
+#if defined(__GNUC__)
+#define PGTX_API __attribute__((visibility("default")))
+#define PGTX_MUSTCHECK __attribute__((warn_unused_result))
+#define PGTX_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define PGTX_API
+#define PGTX_MUSTCHECK
+#define PGTX_PRINTF(f, a)
+#endif
+
+/* ------------------------------------------------------------------------
+ * Statuses and errors
+ * ------------------------------------------------------------------------ */
+
+/* How a status should be handled by the caller. */
+typedef enum pgtx_class {
+    PGTX_CLASS_NONE = 0,   /* success */
+    PGTX_CLASS_USAGE,      /* the caller passed something invalid, or OOM */
+    PGTX_CLASS_POOL,       /* no connection could be had (timeout, closed) */
+    PGTX_CLASS_CONNECTION, /* the server could not be reached or went away */
+    PGTX_CLASS_RETRYABLE,  /* run the whole transaction again */
+    PGTX_CLASS_CONSTRAINT, /* an integrity constraint said no (SQLSTATE 23xxx) */
+    PGTX_CLASS_TIMEOUT,    /* a statement or lock wait gave up */
+    PGTX_CLASS_ABORT,      /* the caller's callback chose to roll back */
+    PGTX_CLASS_SQL         /* any other error reported by the server */
+} pgtx_class;
+
+/*
+ * X(name, class, text): one table generates the enum, pgtx_status_name(),
+ * pgtx_status_text() and pgtx_status_class().
+ */
+#define PGTX_STATUS_MAP(X)                                                     \
+    X(OK, NONE, "success")                                                     \
+    X(INVALID, USAGE, "invalid argument")                                      \
+    X(NOMEM, USAGE, "out of memory")                                           \
+    X(POOL_TIMEOUT, POOL, "timed out waiting for a pooled connection")         \
+    X(POOL_CLOSED, POOL, "the pool is closed")                                 \
+    X(CONNECT, CONNECTION, "could not connect to the database")                \
+    X(CONNECTION_LOST, CONNECTION, "the connection to the database was lost")  \
+    X(COMMIT_UNKNOWN, CONNECTION,                                              \
+      "the connection was lost during COMMIT: the transaction may or may not " \
+      "have committed")                                                        \
+    X(SERIALIZATION, RETRYABLE, "serialization failure (40001)")               \
+    X(DEADLOCK, RETRYABLE, "deadlock detected (40P01)")                        \
+    X(STALE, RETRYABLE, "optimistic version check found stale data")           \
+    X(UNIQUE_VIOLATION, CONSTRAINT, "unique constraint violated (23505)")      \
+    X(CONSTRAINT, CONSTRAINT, "integrity constraint violated (23xxx)")         \
+    X(LOCK_NOT_AVAILABLE, TIMEOUT, "lock not available (55P03)")               \
+    X(QUERY_CANCELED, TIMEOUT, "statement canceled or timed out (57014)")      \
+    X(ABORTED, ABORT, "the transaction was rolled back by the caller")         \
+    X(SQL, SQL, "database error")
+
+typedef enum pgtx_status {
+#define PGTX_X_ENUM(name, cls, text) PGTX_##name,
+    PGTX_STATUS_MAP(PGTX_X_ENUM)
+#undef PGTX_X_ENUM
+        PGTX_STATUS_COUNT_
+} pgtx_status;
+
+/* Long enough for PostgreSQL's primary messages; longer ones are truncated. */
+#define PGTX_ERROR_MESSAGE_SIZE 256
+
+/*
+ * A failure, described without allocation.  Owned by the caller; the library
+ * only writes into it.  `sqlstate` is "" when the server sent none (e.g. the
+ * connection broke).
+ */
+typedef struct pgtx_error {
+    pgtx_status status;
+    char sqlstate[6];
+    char message[PGTX_ERROR_MESSAGE_SIZE];
+} pgtx_error;
+
+/* "PGTX_POOL_TIMEOUT" etc.; a static string, never NULL. */
+PGTX_API const char *pgtx_status_name(pgtx_status st);
+/* A human sentence for the status; a static string, never NULL. */
+PGTX_API const char *pgtx_status_text(pgtx_status st);
+PGTX_API pgtx_class pgtx_status_class(pgtx_status st);
+/* "retryable", "constraint", ...; a static string, never NULL. */
+PGTX_API const char *pgtx_class_name(pgtx_class cls);
+/*
+ * True for the statuses the runner retries by default: SERIALIZATION,
+ * DEADLOCK, STALE and CONNECTION_LOST (a connection lost before COMMIT was
+ * sent).  Never true for COMMIT_UNKNOWN.
+ */
+PGTX_API bool pgtx_status_is_retryable(pgtx_status st);
+/* The status libpgtx gives to a SQLSTATE ("40001" -> SERIALIZATION, ...). */
+PGTX_API pgtx_status pgtx_status_from_sqlstate(const char *sqlstate);
+
+/*
+ * Fill *err (if not NULL) with `st` and a printf-style message, clear its
+ * SQLSTATE, and return `st`.  Meant for callbacks: `return pgtx_fail(err,
+ * PGTX_ABORTED, "out of stock");`.
+ */
+PGTX_API pgtx_status pgtx_fail(pgtx_error *err, pgtx_status st, const char *fmt,
+                               ...) PGTX_PRINTF(3, 4);
+
+/* ------------------------------------------------------------------------
+ * Logging
+ * ------------------------------------------------------------------------ */
+
+typedef enum pgtx_log_level {
+    PGTX_LOG_ECHO = 0, /* one line per SQL statement, with its duration */
+    PGTX_LOG_DEBUG,
+    PGTX_LOG_INFO,
+    PGTX_LOG_WARNING
+} pgtx_log_level;
+
+/*
+ * Called from whichever thread did the work; must be thread-safe.  `msg` is
+ * borrowed for the duration of the call.
+ */
+typedef void (*pgtx_log_fn)(void *arg, pgtx_log_level level, const char *msg);
+
+/* ------------------------------------------------------------------------
+ * Pool
+ * ------------------------------------------------------------------------ */
+
+typedef struct pgtx_pool pgtx_pool;
+typedef struct pgtx_conn pgtx_conn;
+
+typedef struct pgtx_pool_config {
+    /* libpq connection string or URI (multi-host allowed); "" uses libpq's
+       environment (PGHOST...).  Copied by pgtx_pool_create. */
+    const char *conninfo;
+    /* Overrides conninfo's application_name when not NULL.  Copied. */
+    const char *application_name;
+    int pool_size;           /* connections kept open (default 5) */
+    int max_overflow;        /* extra ones opened under load, closed when
+                                returned (default 10) */
+    int checkout_timeout_ms; /* wait for a connection at most this long,
+                                connecting included (default 30000) */
+    int connect_timeout_ms;  /* one connection attempt (default 10000) */
+    int check_idle_ms;       /* a connection idle longer than this gets a
+                                round trip before it is handed out (default
+                                30000; 0 = always; -1 = never) */
+    int max_lifetime_ms;     /* recycle connections older than this, staggered
+                                so they do not all expire at once (default
+                                3600000; 0 = never) */
+    int connect_retry_ms;    /* after a failed connect, no new attempt for
+                                this long (default 200) */
+    bool echo;               /* log every statement and its duration */
+    pgtx_log_fn log;         /* NULL: silent, except echo goes to stderr */
+    void *log_arg;
+} pgtx_pool_config;
+
+/* Fill *cfg with the defaults above (conninfo ""). */
+PGTX_API void pgtx_pool_config_init(pgtx_pool_config *cfg);
+
+/*
+ * Create a pool.  Opens no connection (the first checkout does).  Returns
+ * INVALID for impossible settings (pool_size < 1, negative values).  The
+ * pool is thread-safe.  Release with pgtx_pool_destroy().
+ */
+PGTX_API PGTX_MUSTCHECK pgtx_status pgtx_pool_create(const pgtx_pool_config *cfg,
+                                                     pgtx_pool **out,
+                                                     pgtx_error *err);
+
+/*
+ * Close the pool: checkouts from now on (and threads waiting for one) fail
+ * with POOL_CLOSED; waits up to `timeout_ms` (-1: forever) for borrowed
+ * connections to come back; closes every connection it holds.  Returns
+ * POOL_TIMEOUT if some are still borrowed when the time is up (they are
+ * closed when returned).  Idempotent.  Engines stay valid but fail.
+ */
+PGTX_API pgtx_status pgtx_pool_close(pgtx_pool *pool, int timeout_ms);
+
+/*
+ * Close (waiting forever for borrowed connections) and free.  Every engine
+ * of the pool must be destroyed before or after, and none used after.
+ * NULL is a no-op.
+ */
+PGTX_API void pgtx_pool_destroy(pgtx_pool *pool);
+
+/*
+ * Borrow a connection, waiting first-come-first-served up to `timeout_ms`
+ * (-1: the pool's checkout_timeout_ms).  The connection is open, idle and
+ * checked to be alive.  Errors: POOL_TIMEOUT, POOL_CLOSED, CONNECT.
+ * Give it back with pgtx_pool_return().
+ */
+PGTX_API PGTX_MUSTCHECK pgtx_status pgtx_pool_checkout(pgtx_pool *pool,
+                                                       int timeout_ms,
+                                                       pgtx_conn **out,
+                                                       pgtx_error *err);
+
+/*
+ * Give a borrowed connection back.  A connection left inside a transaction is
+ * rolled back; a broken, busy or expired one is closed and replaced later.
+ * Never fails.  NULL is a no-op.
+ */
+PGTX_API void pgtx_pool_return(pgtx_conn *conn);
+
+/* The libpq connection; borrowed, valid until pgtx_pool_return(). */
+PGTX_API PGconn *pgtx_conn_pg_borrow(pgtx_conn *conn);
+
+typedef struct pgtx_pool_stats {
+    /* gauges */
+    int open;     /* connections open or being opened */
+    int idle;     /* in the pool */
+    int in_use;   /* borrowed */
+    int overflow; /* open beyond pool_size */
+    int waiting;  /* threads waiting in checkout now */
+    /* counters since creation */
+    uint64_t checkouts;      /* successful checkouts */
+    uint64_t waits;          /* checkouts that had to wait */
+    uint64_t wait_us;        /* total time spent waiting */
+    uint64_t timeouts;       /* checkouts that gave up with POOL_TIMEOUT */
+    uint64_t created;        /* connections opened */
+    uint64_t connect_errors; /* failed attempts to open one */
+    uint64_t discarded;      /* closed: broken, expired or overflow */
+    uint64_t round_trips;    /* waits for the server made by libpgtx */
+    /* transaction runner, all engines of this pool */
+    uint64_t commits;
+    uint64_t rollbacks;
+    uint64_t retries_serialization;
+    uint64_t retries_deadlock;
+    uint64_t retries_stale;
+    uint64_t retries_connection;
+    uint64_t commit_unknown;
+} pgtx_pool_stats;
+
+/* A consistent snapshot of the pool's statistics.  Thread-safe. */
+PGTX_API void pgtx_pool_stats_get(pgtx_pool *pool, pgtx_pool_stats *out);
+
+/* ------------------------------------------------------------------------
+ * Engines: one pool, many sets of transaction options
+ * ------------------------------------------------------------------------ */
+
+typedef enum pgtx_isolation {
+    PGTX_READ_COMMITTED = 0,
+    PGTX_REPEATABLE_READ,
+    PGTX_SERIALIZABLE
+} pgtx_isolation;
+
+/* Which statuses the runner retries: OR these bits. */
+enum {
+    PGTX_RETRY_SERIALIZATION = 1 << 0,
+    PGTX_RETRY_DEADLOCK = 1 << 1,
+    PGTX_RETRY_STALE = 1 << 2,
+    PGTX_RETRY_CONNECTION = 1 << 3, /* lost before COMMIT was sent */
+    PGTX_RETRY_LOCK_NOT_AVAILABLE = 1 << 4,
+    PGTX_RETRY_DEFAULT = PGTX_RETRY_SERIALIZATION | PGTX_RETRY_DEADLOCK |
+                         PGTX_RETRY_STALE | PGTX_RETRY_CONNECTION
+};
+
+/*
+ * Retry with exponential backoff and full jitter: before attempt n+1 sleep a
+ * random time in [0, min(max_delay_ms, base_delay_ms * 2^(n-1))], and never
+ * start an attempt once budget_ms has passed since the first one began.
+ */
+typedef struct pgtx_retry_policy {
+    int max_attempts;  /* attempts in all, >= 1 (default 50) */
+    int budget_ms;     /* total time budget (default 10000; 0 = none) */
+    int base_delay_ms; /* default 1 */
+    int max_delay_ms;  /* default 100 */
+    unsigned retry_on; /* PGTX_RETRY_* bits (default PGTX_RETRY_DEFAULT) */
+} pgtx_retry_policy;
+
+typedef struct pgtx_engine_options {
+    pgtx_isolation isolation; /* default READ COMMITTED */
+    bool read_only;
+    bool deferrable;          /* only meaningful with SERIALIZABLE READ ONLY */
+    int statement_timeout_ms; /* 0 = the server's setting */
+    int lock_timeout_ms;      /* 0 = the server's setting */
+    pgtx_retry_policy retry;
+} pgtx_engine_options;
+
+typedef struct pgtx_engine pgtx_engine;
+
+/* Fill *opt with the defaults above. */
+PGTX_API void pgtx_engine_options_init(pgtx_engine_options *opt);
+
+/*
+ * A view of `pool` that runs transactions with `opt` (copied; NULL =
+ * defaults).  Opens no connection.  Any number of engines may share a pool;
+ * the pool must outlive them.  Thread-safe.  Errors: INVALID, NOMEM.
+ */
+PGTX_API PGTX_MUSTCHECK pgtx_status
+pgtx_engine_create(pgtx_pool *pool, const pgtx_engine_options *opt,
+                   pgtx_engine **out, pgtx_error *err);
+
+/* Free an engine; no transaction of it may be running.  NULL is a no-op. */
+PGTX_API void pgtx_engine_destroy(pgtx_engine *engine);
+
+/* The engine's pool, borrowed for the engine's lifetime. */
+PGTX_API pgtx_pool *pgtx_engine_pool_borrow(pgtx_engine *engine);
+
+/*
+ * The BEGIN statement this engine sends, e.g.
+ * "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY"; borrowed, valid for the
+ * engine's lifetime.
+ */
+PGTX_API const char *pgtx_engine_begin_sql_borrow(pgtx_engine *engine);
+
+/* ------------------------------------------------------------------------
+ * Transaction runner
+ * ------------------------------------------------------------------------ */
+
+typedef struct pgtx_tx pgtx_tx;
+
+/*
+ * The body of a transaction.  Runs on a borrowed connection: it must not
+ * commit, roll back, or keep `tx` after returning — the runner does all of
+ * that.  Return PGTX_OK to commit; any other status rolls back (PGTX_STALE
+ * asks for a retry; use pgtx_fail() to describe your own abort in *err).
+ * It may run several times, so it must not have effects outside the
+ * database that cannot be repeated, and should reset `arg`'s results first.
+ */
+typedef pgtx_status (*pgtx_tx_fn)(pgtx_tx *tx, void *arg, pgtx_error *err);
+
+/* What a pgtx_run() did, for reporting and metrics. */
+typedef struct pgtx_run_info {
+    int attempts;       /* 1 = no retry */
+    bool exhausted;     /* ended on a retryable status: budget used up */
+    int64_t elapsed_us; /* from the first checkout to the end */
+} pgtx_run_info;
+
+/*
+ * Run `fn` in a transaction of `engine`: check a connection out, begin with
+ * the engine's options, call fn, commit if it returned PGTX_OK, roll back
+ * otherwise, return the connection, and retry as the engine's policy says.
+ * A lost connection while COMMIT was in flight returns COMMIT_UNKNOWN and is
+ * never retried.  `info` may be NULL.  Thread-safe (per engine).
+ */
+PGTX_API pgtx_status pgtx_run(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
+                              pgtx_run_info *info, pgtx_error *err);
+
+/*
+ * Run one statement in the transaction.  The first statement of a
+ * transaction travels in one round trip with its BEGIN (libpq pipeline mode).
+ * `params` are text values (NULL = SQL NULL).  On success *out (if `out` is
+ * not NULL) is a result the caller must PQclear(); with `out` NULL the
+ * result is cleared here.  Errors are classified (SERIALIZATION,
+ * UNIQUE_VIOLATION, CONNECTION_LOST...); after one, the transaction is
+ * aborted and the runner rolls it back even if the callback returns OK.
+ */
+PGTX_API pgtx_status pgtx_query(pgtx_tx *tx, const char *sql, int nparams,
+                                const char *const *params, PGresult **out,
+                                pgtx_error *err);
+
+/*
+ * The transaction's connection for direct libpq use, after BEGIN has been
+ * sent (sending it now if no statement has run yet).  Borrowed: valid until
+ * the callback returns; never COMMIT, ROLLBACK or close it.  NULL if BEGIN
+ * failed (the error is kept for the runner).
+ */
+PGTX_API PGconn *pgtx_tx_pg_borrow(pgtx_tx *tx);
+
+/* The attempt this callback runs in: 1 for the first. */
+PGTX_API int pgtx_tx_attempt(const pgtx_tx *tx);
+
+/* Number of rows a command changed (PQcmdTuples as an integer), -1 if none. */
+PGTX_API int64_t pgtx_result_affected(PGresult *res);
+
+/*
+ * The delay before attempt `attempt` + 1 given `policy` and a uniform random
+ * number `r` in [0, 1): full jitter over the capped exponential.  Exposed so
+ * that callers and tests can see the schedule.
+ */
+PGTX_API int pgtx_backoff_ms(const pgtx_retry_policy *policy, int attempt,
+                             double r);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PGTX_H */

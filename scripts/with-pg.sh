@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Run a command against a PostgreSQL server.  With PGTX_TEST_DSN set, that
+# server is used as is; otherwise pg_virtualenv creates a throw-away cluster
+# (it works as root too), exports PGHOST/PGPORT/PGUSER/... for libpq, runs the
+# command and drops the cluster.  Durability (fsync) stays on.
+set -euo pipefail
+if [ -n "${PGTX_TEST_DSN:-}" ]; then
+  exec "$@"
+fi
+exec pg_virtualenv -o max_connections=200 "$@"

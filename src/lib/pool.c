@@ -1,0 +1,857 @@
+/* pool.c — the thread-safe connection pool: checkout, return, close, stats. */
+#include "internal.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/*
+ * A pooled connection is in exactly one state, and the state is the list it
+ * is on (see conn_move).  Connections being opened have no object yet and are
+ * counted by pool->connecting; connections being closed have left every list.
+ */
+typedef enum conn_state { CONN_IDLE = 0, CONN_USED, CONN_STATE_COUNT } conn_state;
+
+struct pgtx_conn {
+    PGconn *pg;
+    pgtx_pool *pool;
+    conn_state state;
+    pgtx_conn *prev, *next; /* links in pool->lists[state] */
+    uint64_t id;            /* for log lines */
+    int64_t created_us;
+    int64_t expires_us;   /* recycle after this (INT64_MAX: never) */
+    int64_t last_used_us; /* when it was last returned */
+    atomic_bool doomed;   /* the server sent FATAL: do not reuse */
+};
+
+typedef struct conn_list {
+    pgtx_conn *head; /* idle: most recently returned first (LIFO reuse) */
+    int count;
+} conn_list;
+
+/* A thread waiting in checkout.  Waiters form a FIFO queue; only the head may
+   take a connection, so that nobody barges ahead of an earlier waiter. */
+typedef struct waiter {
+    pthread_cond_t cond;
+    struct waiter *next;
+} waiter;
+
+struct pgtx_pool {
+    pthread_mutex_t mu;     /* guards everything below but the atomics */
+    pthread_cond_t drained; /* signalled when a borrowed connection leaves */
+    conn_list lists[CONN_STATE_COUNT];
+    int connecting; /* attempts in flight: at most one, see can_connect */
+    waiter *wait_head, *wait_tail;
+    int n_waiting;
+    bool closed;
+    /* after a failed connect, no new attempt before this time */
+    int64_t connect_blocked_until_us;
+    int64_t last_connect_error_us;
+    pgtx_error last_connect_error;
+    atomic_uint_fast64_t next_conn_id;
+
+    /* settings, immutable after create */
+    char *conninfo;
+    char *application_name;
+    int pool_size, max_overflow, checkout_timeout_ms, connect_timeout_ms;
+    int check_idle_ms, max_lifetime_ms, connect_retry_ms;
+    bool echo;
+    pgtx_log_fn log;
+    void *log_arg;
+
+    /* statistics guarded by mu */
+    uint64_t checkouts, waits, wait_us, timeouts, created, connect_errors,
+        discarded;
+    /* statistics the runner bumps without the lock */
+    pgtx__tx_counters tx;
+};
+
+/* ---- settings -------------------------------------------------------- */
+
+void pgtx_pool_config_init(pgtx_pool_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->conninfo = "";
+    cfg->pool_size = 5;
+    cfg->max_overflow = 10;
+    cfg->checkout_timeout_ms = 30000;
+    cfg->connect_timeout_ms = 10000;
+    cfg->check_idle_ms = 30000;
+    cfg->max_lifetime_ms = 3600000;
+    cfg->connect_retry_ms = 200;
+}
+
+static const char *config_problem(const pgtx_pool_config *cfg)
+{
+    if (cfg->pool_size < 1)
+        return "pool_size must be at least 1";
+    if (cfg->max_overflow < 0)
+        return "max_overflow must not be negative";
+    if (cfg->checkout_timeout_ms < 0)
+        return "checkout_timeout_ms must not be negative";
+    if (cfg->connect_timeout_ms <= 0)
+        return "connect_timeout_ms must be positive";
+    if (cfg->check_idle_ms < -1)
+        return "check_idle_ms must be -1, 0 or positive";
+    if (cfg->max_lifetime_ms < 0)
+        return "max_lifetime_ms must not be negative";
+    if (cfg->connect_retry_ms < 0)
+        return "connect_retry_ms must not be negative";
+    return NULL;
+}
+
+static void pool_free(pgtx_pool *pool)
+{
+    if (pool == NULL)
+        return;
+    pthread_mutex_destroy(&pool->mu);
+    pthread_cond_destroy(&pool->drained);
+    free(pool->conninfo);
+    free(pool->application_name);
+    free(pool);
+}
+
+static pgtx_status pool_copy_config(pgtx_pool *pool, const pgtx_pool_config *cfg)
+{
+    pool->conninfo = strdup(cfg->conninfo ? cfg->conninfo : "");
+    if (cfg->application_name)
+        pool->application_name = strdup(cfg->application_name);
+    if (pool->conninfo == NULL ||
+        (cfg->application_name && pool->application_name == NULL))
+        return PGTX_NOMEM;
+    pool->pool_size = cfg->pool_size;
+    pool->max_overflow = cfg->max_overflow;
+    pool->checkout_timeout_ms = cfg->checkout_timeout_ms;
+    pool->connect_timeout_ms = cfg->connect_timeout_ms;
+    pool->check_idle_ms = cfg->check_idle_ms;
+    pool->max_lifetime_ms = cfg->max_lifetime_ms;
+    pool->connect_retry_ms = cfg->connect_retry_ms;
+    pool->echo = cfg->echo;
+    pool->log = cfg->log;
+    pool->log_arg = cfg->log_arg;
+    return PGTX_OK;
+}
+
+pgtx_status pgtx_pool_create(const pgtx_pool_config *cfg, pgtx_pool **out,
+                             pgtx_error *err)
+{
+    if (cfg == NULL || out == NULL)
+        return pgtx_fail(err, PGTX_INVALID, "pool config and out are required");
+    const char *problem = config_problem(cfg);
+    if (problem)
+        return pgtx_fail(err, PGTX_INVALID, "%s", problem);
+    pgtx_pool *pool = calloc(1, sizeof *pool);
+    if (pool == NULL)
+        return pgtx_fail(err, PGTX_NOMEM, "out of memory creating the pool");
+    if (pthread_mutex_init(&pool->mu, NULL) != 0) {
+        free(pool);
+        return pgtx_fail(err, PGTX_NOMEM, "cannot create the pool's mutex");
+    }
+    if (pthread_cond_init(&pool->drained, NULL) != 0) {
+        pthread_mutex_destroy(&pool->mu);
+        free(pool);
+        return pgtx_fail(err, PGTX_NOMEM, "cannot create the pool's condvar");
+    }
+    if (pool_copy_config(pool, cfg) != PGTX_OK) {
+        pool_free(pool);
+        return pgtx_fail(err, PGTX_NOMEM, "out of memory creating the pool");
+    }
+    *out = pool;
+    return PGTX_OK;
+}
+
+/* ---- logging --------------------------------------------------------- */
+
+void pgtx__log(pgtx_pool *pool, pgtx_log_level level, const char *fmt, ...)
+{
+    if (pool->log == NULL)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    pool->log(pool->log_arg, level, line);
+}
+
+bool pgtx__echo_on(const pgtx_pool *pool) { return pool->echo; }
+
+void pgtx__echo(pgtx_pool *pool, const pgtx_conn *conn, const char *sql,
+                int64_t us)
+{
+    if (!pool->echo)
+        return;
+    char line[1024];
+    snprintf(line, sizeof line, "pgtx conn %llu: %.3f ms: %s",
+             (unsigned long long)conn->id, (double)us / 1000.0, sql);
+    if (pool->log)
+        pool->log(pool->log_arg, PGTX_LOG_ECHO, line);
+    else
+        fprintf(stderr, "%s\n", line);
+}
+
+pgtx__tx_counters *pgtx__pool_counters(pgtx_pool *pool) { return &pool->tx; }
+pgtx_pool *pgtx__conn_pool(const pgtx_conn *conn) { return conn->pool; }
+PGconn *pgtx_conn_pg_borrow(pgtx_conn *conn) { return conn ? conn->pg : NULL; }
+
+void pgtx__count_round_trip(pgtx_pool *pool)
+{
+    atomic_fetch_add_explicit(&pool->tx.round_trips, 1, memory_order_relaxed);
+}
+
+/* ---- lists and states ------------------------------------------------- */
+
+static void list_push(conn_list *l, pgtx_conn *c)
+{
+    assert(c != NULL);
+    c->prev = NULL;
+    c->next = l->head;
+    if (l->head)
+        l->head->prev = c;
+    l->head = c;
+    l->count++;
+}
+
+static void list_remove(conn_list *l, pgtx_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    l->count--;
+}
+
+/* The one place a connection changes state.  Caller holds pool->mu. */
+static void conn_move(pgtx_conn *c, conn_state from, conn_state to)
+{
+    assert(c->state == from);
+    list_remove(&c->pool->lists[from], c);
+    list_push(&c->pool->lists[to], c);
+    c->state = to;
+}
+
+static int pool_open_count(const pgtx_pool *pool)
+{
+    return pool->lists[CONN_IDLE].count + pool->lists[CONN_USED].count +
+           pool->connecting;
+}
+
+/* Take a borrowed connection off the books (caller closes it unlocked). */
+static void conn_forget_locked(pgtx_conn *c)
+{
+    assert(c->state == CONN_USED);
+    list_remove(&c->pool->lists[CONN_USED], c);
+    c->pool->discarded++;
+    pthread_cond_broadcast(&c->pool->drained);
+}
+
+static void conn_close(pgtx_conn *c)
+{
+    if (c == NULL)
+        return;
+    PQfinish(c->pg);
+    free(c);
+}
+
+/* ---- waiters ---------------------------------------------------------- */
+
+/* Let the first waiter look again at what is free.  Caller holds mu. */
+static void wake_head(pgtx_pool *pool)
+{
+    if (pool->wait_head)
+        pthread_cond_signal(&pool->wait_head->cond);
+}
+
+static void waiter_enqueue(pgtx_pool *pool, waiter *w)
+{
+    w->next = NULL;
+    if (pool->wait_tail)
+        pool->wait_tail->next = w;
+    else
+        pool->wait_head = w;
+    pool->wait_tail = w;
+    pool->n_waiting++;
+}
+
+static void waiter_dequeue(pgtx_pool *pool, waiter *w)
+{
+    waiter **pp = &pool->wait_head;
+    waiter *prev = NULL;
+    while (*pp && *pp != w) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (*pp == NULL)
+        return;
+    *pp = w->next;
+    if (pool->wait_tail == w)
+        pool->wait_tail = prev;
+    pool->n_waiting--;
+}
+
+/* ---- time ------------------------------------------------------------- */
+
+int64_t pgtx__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void pgtx__sleep_ms(int ms)
+{
+    if (ms <= 0)
+        return;
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+double pgtx__random01(void)
+{
+    /* xorshift64*, one state per thread, seeded from the clock and the
+       state's address so that threads do not share a sequence. */
+    static _Thread_local uint64_t state;
+    if (state == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        state = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^
+                (uint64_t)(uintptr_t)&state;
+        if (state == 0)
+            state = 0x9E3779B97F4A7C15ull;
+    }
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    return (double)((state * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
+}
+
+/* A pthread_cond_timedwait deadline (CLOCK_REALTIME) `us` from now. */
+static struct timespec realtime_in(int64_t us)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t ns = ts.tv_nsec + (us % 1000000) * 1000;
+    ts.tv_sec += (time_t)(us / 1000000 + ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    return ts;
+}
+
+/* ---- opening connections ---------------------------------------------- */
+
+/* The server told this session it is about to go (FATAL/PANIC arrives as a
+   notice while idle): remember it so that the connection is not reused. */
+static void notice_receiver(void *arg, const PGresult *res)
+{
+    pgtx_conn *c = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    bool fatal = sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
+    if (fatal)
+        atomic_store(&c->doomed, true);
+    pgtx__log(c->pool, fatal ? PGTX_LOG_WARNING : PGTX_LOG_DEBUG,
+              "pgtx conn %llu: server says %s: %s", (unsigned long long)c->id,
+              sev ? sev : "NOTICE", msg ? msg : "");
+}
+
+/* Drive PQconnectPoll until done or `deadline_us`.  Returns OK or CONNECT. */
+static pgtx_status connect_poll(PGconn *pg, int64_t deadline_us, pgtx_error *err)
+{
+    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+    while (ps != PGRES_POLLING_OK) {
+        if (ps == PGRES_POLLING_FAILED)
+            return pgtx__error_from_conn(err, pg, PGTX_CONNECT);
+        int64_t left_ms = (deadline_us - pgtx__now_us()) / 1000;
+        if (left_ms <= 0)
+            return pgtx_fail(err, PGTX_CONNECT,
+                             "timed out connecting to the database");
+        struct pollfd pfd = {PQsocket(pg),
+                             ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0};
+        int n = poll(&pfd, 1, (int)(left_ms > 1000 ? 1000 : left_ms));
+        if (n < 0 && errno != EINTR)
+            return pgtx_fail(err, PGTX_CONNECT, "poll failed: %s",
+                             strerror(errno));
+        if (n > 0)
+            ps = PQconnectPoll(pg);
+    }
+    return PGTX_OK;
+}
+
+/* Open one libpq connection, bounded by `deadline_us`. */
+static pgtx_status open_pg(pgtx_pool *pool, int64_t deadline_us, PGconn **out,
+                           pgtx_error *err)
+{
+    const char *keys[4] = {"fallback_application_name", "dbname", NULL, NULL};
+    const char *vals[4] = {"pgtx", pool->conninfo, NULL, NULL};
+    if (pool->application_name) {
+        keys[2] = "application_name";
+        vals[2] = pool->application_name;
+    }
+    PGconn *pg = PQconnectStartParams(keys, vals, 1);
+    if (pg == NULL)
+        return pgtx_fail(err, PGTX_NOMEM, "out of memory connecting");
+    if (PQstatus(pg) == CONNECTION_BAD) {
+        pgtx_status st = pgtx__error_from_conn(err, pg, PGTX_CONNECT);
+        PQfinish(pg);
+        return st;
+    }
+    int64_t own = pgtx__now_us() + (int64_t)pool->connect_timeout_ms * 1000;
+    pgtx_status st = connect_poll(pg, own < deadline_us ? own : deadline_us, err);
+    if (st != PGTX_OK) {
+        PQfinish(pg);
+        return st;
+    }
+    *out = pg;
+    return PGTX_OK;
+}
+
+/* Stagger expiry so that connections opened together do not all close
+   together: up to lifetime/pool_size earlier, at random. */
+static int64_t expiry_for(const pgtx_pool *pool, int64_t now)
+{
+    if (pool->max_lifetime_ms == 0)
+        return INT64_MAX;
+    int64_t life = (int64_t)pool->max_lifetime_ms * 1000;
+    int64_t spread = life / pool->pool_size;
+    return now + life - (int64_t)(pgtx__random01() * (double)spread);
+}
+
+static pgtx_conn *conn_wrap(pgtx_pool *pool, PGconn *pg, uint64_t id)
+{
+    pgtx_conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->pg = pg;
+    c->pool = pool;
+    c->id = id;
+    c->created_us = c->last_used_us = pgtx__now_us();
+    c->expires_us = expiry_for(pool, c->created_us);
+    atomic_init(&c->doomed, false);
+    PQsetNoticeReceiver(pg, notice_receiver, c);
+    return c;
+}
+
+/* ---- checkout ---------------------------------------------------------- */
+
+/* Read whatever arrived while the connection sat idle (a FATAL notice,
+   then EOF, when the backend was terminated) without waiting: true when it
+   still looks usable.  No round trip. */
+bool pgtx__conn_healthy(pgtx_conn *c)
+{
+    PGconn *pg = c->pg;
+    for (int i = 0; i < 4 && PQstatus(pg) == CONNECTION_OK; i++) {
+        struct pollfd pfd = {PQsocket(pg), POLLIN, 0};
+        if (poll(&pfd, 1, 0) <= 0)
+            break;
+        if (!PQconsumeInput(pg))
+            break;
+        (void)PQisBusy(pg); /* parses it: notices reach notice_receiver */
+    }
+    return PQstatus(pg) == CONNECTION_OK && !atomic_load(&c->doomed);
+}
+
+/* Is a connection handed out now going to work?  Cheap unless it has been
+   idle longer than check_idle_ms; then one round trip. */
+static bool conn_alive(pgtx_conn *c, int64_t now)
+{
+    if (!pgtx__conn_healthy(c) || PQtransactionStatus(c->pg) != PQTRANS_IDLE ||
+        now >= c->expires_us)
+        return false;
+    int check = c->pool->check_idle_ms;
+    if (check < 0 || now - c->last_used_us < (int64_t)check * 1000)
+        return true;
+    pgtx__count_round_trip(c->pool);
+    PGresult *r = PQexec(c->pg, "");
+    bool ok = PQresultStatus(r) == PGRES_EMPTY_QUERY;
+    PQclear(r);
+    return ok;
+}
+
+/* May this checkout open a connection now?  One attempt in flight at a time,
+   and none during the back-off window after a failure: after a restart or a
+   failover, a pool that reconnects everything at once is the outage. */
+static bool can_connect(const pgtx_pool *pool, int64_t now)
+{
+    return pool->connecting == 0 &&
+           pool_open_count(pool) < pool->pool_size + pool->max_overflow &&
+           now >= pool->connect_blocked_until_us;
+}
+
+typedef enum take_result { TAKE_NONE, TAKE_IDLE, TAKE_CONNECT } take_result;
+
+/* With mu held, and this thread first in line: take an idle connection or
+   the right to open one. */
+static take_result take_locked(pgtx_pool *pool, int64_t now, pgtx_conn **out)
+{
+    pgtx_conn *c = pool->lists[CONN_IDLE].head;
+    if (c) {
+        conn_move(c, CONN_IDLE, CONN_USED);
+        *out = c;
+        return TAKE_IDLE;
+    }
+    if (can_connect(pool, now)) {
+        pool->connecting++;
+        return TAKE_CONNECT;
+    }
+    return TAKE_NONE;
+}
+
+/* Book a connect attempt's outcome.  Caller holds mu. */
+static void connect_done_locked(pgtx_pool *pool, pgtx_conn *c, const pgtx_error *e)
+{
+    pool->connecting--;
+    if (c != NULL) {
+        c->state = CONN_USED;
+        list_push(&pool->lists[CONN_USED], c);
+        pool->created++;
+    } else {
+        int64_t now = pgtx__now_us();
+        pool->connect_errors++;
+        pool->connect_blocked_until_us = now + (int64_t)pool->connect_retry_ms * 1000;
+        pool->last_connect_error_us = now;
+        pool->last_connect_error = *e;
+    }
+    wake_head(pool);
+}
+
+/* Open a connection for this checkout (mu not held on entry or exit). */
+static pgtx_status checkout_connect(pgtx_pool *pool, int64_t deadline_us,
+                                    pgtx_conn **out, pgtx_error *err)
+{
+    PGconn *pg = NULL;
+    pgtx_conn *c = NULL;
+    pgtx_error e;
+    pgtx__error_clear(&e);
+    pgtx_status st = open_pg(pool, deadline_us, &pg, &e);
+    uint64_t id = atomic_fetch_add(&pool->next_conn_id, 1) + 1;
+    if (st == PGTX_OK && (c = conn_wrap(pool, pg, id)) == NULL) {
+        PQfinish(pg);
+        st = pgtx_fail(&e, PGTX_NOMEM, "out of memory wrapping a connection");
+    }
+    pthread_mutex_lock(&pool->mu);
+    connect_done_locked(pool, c, &e);
+    pthread_mutex_unlock(&pool->mu);
+    if (c == NULL) {
+        pgtx__log(pool, PGTX_LOG_WARNING, "pgtx: connect failed: %s", e.message);
+        if (err)
+            *err = e;
+        return st;
+    }
+    pgtx__log(pool, PGTX_LOG_DEBUG, "pgtx conn %llu: opened",
+              (unsigned long long)id);
+    *out = c;
+    return PGTX_OK;
+}
+
+/* A dead or expired idle connection was taken: drop it and try again. */
+static void checkout_discard(pgtx_pool *pool, pgtx_conn *c)
+{
+    pthread_mutex_lock(&pool->mu);
+    conn_forget_locked(c);
+    wake_head(pool);
+    pthread_mutex_unlock(&pool->mu);
+    pgtx__log(pool, PGTX_LOG_INFO, "pgtx conn %llu: discarded at checkout "
+              "(broken or expired, age %lld ms)", (unsigned long long)c->id,
+              (long long)((pgtx__now_us() - c->created_us) / 1000));
+    conn_close(c);
+}
+
+/* Why a checkout gave up waiting: a recent failed connect says more than
+   "timeout" (the database is down, not busy). */
+static pgtx_status timeout_status_locked(pgtx_pool *pool, int64_t since_us,
+                                         pgtx_error *err)
+{
+    pool->timeouts++;
+    if (pool->last_connect_error_us >= since_us &&
+        pool->lists[CONN_USED].count == 0 && pool->lists[CONN_IDLE].count == 0) {
+        if (err)
+            *err = pool->last_connect_error;
+        return pool->last_connect_error.status;
+    }
+    return pgtx_fail(err, PGTX_POOL_TIMEOUT,
+                     "no connection free within the checkout timeout "
+                     "(pool_size %d, max_overflow %d, all in use)",
+                     pool->pool_size, pool->max_overflow);
+}
+
+/* How long to sleep: until the deadline, or the end of the connect back-off
+   (nobody signals when a back-off window ends). */
+static int64_t wait_until_us(const pgtx_pool *pool, int64_t now, int64_t deadline)
+{
+    int64_t until = deadline;
+    if (pool->connect_blocked_until_us > now &&
+        pool->connect_blocked_until_us < until)
+        until = pool->connect_blocked_until_us;
+    return until;
+}
+
+typedef struct checkout_state {
+    waiter w;
+    bool queued;
+    int64_t start_us;
+} checkout_state;
+
+/* Wait in line once.  Returns false when the deadline has passed. */
+static bool checkout_wait_locked(pgtx_pool *pool, checkout_state *cs,
+                                 int64_t deadline)
+{
+    int64_t now = pgtx__now_us();
+    if (now >= deadline)
+        return false;
+    if (!cs->queued) {
+        waiter_enqueue(pool, &cs->w);
+        cs->queued = true;
+        pool->waits++;
+    }
+    struct timespec ts = realtime_in(wait_until_us(pool, now, deadline) - now);
+    pthread_cond_timedwait(&cs->w.cond, &pool->mu, &ts);
+    return true;
+}
+
+static void checkout_leave_locked(pgtx_pool *pool, checkout_state *cs)
+{
+    if (cs->queued) {
+        waiter_dequeue(pool, &cs->w);
+        cs->queued = false;
+        pool->wait_us += (uint64_t)(pgtx__now_us() - cs->start_us);
+    }
+    wake_head(pool); /* pass the turn on */
+}
+
+/* With mu held: wait in line until something can be taken.  Returns OK with
+   *take set, or the status to fail with. */
+static pgtx_status checkout_turn_locked(pgtx_pool *pool, checkout_state *cs,
+                                        int64_t deadline, take_result *take,
+                                        pgtx_conn **out, pgtx_error *err)
+{
+    for (;;) {
+        if (pool->closed)
+            return pgtx_fail(err, PGTX_POOL_CLOSED, "the pool is closed");
+        bool my_turn = cs->queued ? pool->wait_head == &cs->w
+                                  : pool->wait_head == NULL;
+        if (my_turn && (*take = take_locked(pool, pgtx__now_us(), out)) != TAKE_NONE)
+            return PGTX_OK;
+        if (!checkout_wait_locked(pool, cs, deadline))
+            return timeout_status_locked(pool, cs->start_us, err);
+    }
+}
+
+pgtx_status pgtx_pool_checkout(pgtx_pool *pool, int timeout_ms, pgtx_conn **out,
+                               pgtx_error *err)
+{
+    if (pool == NULL || out == NULL)
+        return pgtx_fail(err, PGTX_INVALID, "pool and out are required");
+    checkout_state cs = {.queued = false, .start_us = pgtx__now_us()};
+    int64_t ms = timeout_ms < 0 ? pool->checkout_timeout_ms : timeout_ms;
+    int64_t deadline = cs.start_us + ms * 1000;
+    if (pthread_cond_init(&cs.w.cond, NULL) != 0)
+        return pgtx_fail(err, PGTX_NOMEM, "cannot create a condition variable");
+    pgtx_status st;
+    for (;;) {
+        take_result take = TAKE_NONE;
+        pgtx_conn *c = NULL;
+        pthread_mutex_lock(&pool->mu);
+        st = checkout_turn_locked(pool, &cs, deadline, &take, &c, err);
+        checkout_leave_locked(pool, &cs);
+        if (st == PGTX_OK)
+            pool->checkouts++;
+        pthread_mutex_unlock(&pool->mu);
+        if (st != PGTX_OK)
+            break;
+        if (take == TAKE_CONNECT) {
+            st = checkout_connect(pool, deadline, out, err);
+            if (st != PGTX_OK) {
+                pthread_mutex_lock(&pool->mu);
+                pool->checkouts--;
+                pthread_mutex_unlock(&pool->mu);
+            }
+            break;
+        }
+        if (conn_alive(c, pgtx__now_us())) {
+            *out = c;
+            break;
+        }
+        checkout_discard(pool, c);
+        pthread_mutex_lock(&pool->mu);
+        pool->checkouts--;
+        pthread_mutex_unlock(&pool->mu);
+    }
+    pthread_cond_destroy(&cs.w.cond);
+    return st;
+}
+
+/* ---- return ------------------------------------------------------------ */
+
+/* Can this connection serve the next checkout?  Decided from libpq's own
+   status, never guessed: a connection in a transaction is rolled back; one
+   busy, in pipeline mode or broken is not reusable. */
+static bool conn_reset(pgtx_conn *c)
+{
+    PGconn *pg = c->pg;
+    if (PQstatus(pg) != CONNECTION_OK || atomic_load(&c->doomed) ||
+        PQpipelineStatus(pg) != PQ_PIPELINE_OFF)
+        return false;
+    switch (PQtransactionStatus(pg)) {
+    case PQTRANS_IDLE:
+        return true;
+    case PQTRANS_INTRANS:
+    case PQTRANS_INERROR: {
+        int64_t t0 = pgtx__now_us();
+        pgtx__count_round_trip(c->pool);
+        PGresult *r = PQexec(pg, "ROLLBACK");
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK &&
+                  PQtransactionStatus(pg) == PQTRANS_IDLE;
+        PQclear(r);
+        pgtx__echo(c->pool, c, "ROLLBACK (reset on return)", pgtx__now_us() - t0);
+        return ok;
+    }
+    default: /* ACTIVE: results pending; UNKNOWN: broken */
+        return false;
+    }
+}
+
+void pgtx_pool_return(pgtx_conn *c)
+{
+    if (c == NULL)
+        return;
+    pgtx_pool *pool = c->pool;
+    bool reusable = conn_reset(c);
+    int64_t now = pgtx__now_us();
+    pthread_mutex_lock(&pool->mu);
+    bool overflow = pool_open_count(pool) > pool->pool_size && pool->n_waiting == 0;
+    bool keep = reusable && !pool->closed && now < c->expires_us && !overflow;
+    if (keep) {
+        c->last_used_us = now;
+        conn_move(c, CONN_USED, CONN_IDLE);
+        pthread_cond_broadcast(&pool->drained);
+    } else {
+        conn_forget_locked(c);
+    }
+    wake_head(pool);
+    pthread_mutex_unlock(&pool->mu);
+    if (!keep) {
+        pgtx__log(pool, PGTX_LOG_INFO,
+                  "pgtx conn %llu: closed on return (%s, age %lld ms)",
+                  (unsigned long long)c->id,
+                  !reusable ? "broken or busy"
+                  : overflow ? "overflow"
+                  : now >= c->expires_us ? "lifetime over" : "pool closed",
+                  (long long)((now - c->created_us) / 1000));
+        conn_close(c);
+    }
+}
+
+/* ---- close and stats ----------------------------------------------------- */
+
+/* Wake every waiter so that each sees `closed`.  Caller holds mu. */
+static void wake_all(pgtx_pool *pool)
+{
+    for (waiter *w = pool->wait_head; w; w = w->next)
+        pthread_cond_signal(&w->cond);
+}
+
+/* Unlink every idle connection; the caller closes them unlocked. */
+static pgtx_conn *take_all_idle_locked(pgtx_pool *pool)
+{
+    pgtx_conn *all = pool->lists[CONN_IDLE].head;
+    pool->discarded += (uint64_t)pool->lists[CONN_IDLE].count;
+    pool->lists[CONN_IDLE].head = NULL;
+    pool->lists[CONN_IDLE].count = 0;
+    return all;
+}
+
+static void close_chain(pgtx_conn *c)
+{
+    while (c) {
+        pgtx_conn *next = c->next;
+        conn_close(c);
+        c = next;
+    }
+}
+
+static bool drained_locked(const pgtx_pool *pool)
+{
+    return pool->lists[CONN_USED].count == 0 && pool->connecting == 0;
+}
+
+pgtx_status pgtx_pool_close(pgtx_pool *pool, int timeout_ms)
+{
+    if (pool == NULL)
+        return PGTX_INVALID;
+    pthread_mutex_lock(&pool->mu);
+    pool->closed = true;
+    wake_all(pool);
+    int64_t deadline = pgtx__now_us() + (int64_t)timeout_ms * 1000;
+    while (!drained_locked(pool)) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&pool->drained, &pool->mu);
+            continue;
+        }
+        int64_t left = deadline - pgtx__now_us();
+        if (left <= 0)
+            break;
+        struct timespec ts = realtime_in(left);
+        pthread_cond_timedwait(&pool->drained, &pool->mu, &ts);
+    }
+    bool drained = drained_locked(pool);
+    pgtx_conn *idle = take_all_idle_locked(pool);
+    pthread_mutex_unlock(&pool->mu);
+    close_chain(idle);
+    return drained ? PGTX_OK : PGTX_POOL_TIMEOUT;
+}
+
+void pgtx_pool_destroy(pgtx_pool *pool)
+{
+    if (pool == NULL)
+        return;
+    (void)pgtx_pool_close(pool, -1);
+    /* Waiters woken by close may still be leaving checkout. */
+    pthread_mutex_lock(&pool->mu);
+    while (pool->n_waiting > 0) {
+        pthread_mutex_unlock(&pool->mu);
+        pgtx__sleep_ms(1);
+        pthread_mutex_lock(&pool->mu);
+    }
+    pthread_mutex_unlock(&pool->mu);
+    pool_free(pool);
+}
+
+static uint64_t load(atomic_uint_fast64_t *a)
+{
+    return (uint64_t)atomic_load_explicit(a, memory_order_relaxed);
+}
+
+void pgtx_pool_stats_get(pgtx_pool *pool, pgtx_pool_stats *s)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_lock(&pool->mu);
+    s->open = pool_open_count(pool);
+    s->idle = pool->lists[CONN_IDLE].count;
+    s->in_use = pool->lists[CONN_USED].count;
+    s->overflow = s->open > pool->pool_size ? s->open - pool->pool_size : 0;
+    s->waiting = pool->n_waiting;
+    s->checkouts = pool->checkouts;
+    s->waits = pool->waits;
+    s->wait_us = pool->wait_us;
+    s->timeouts = pool->timeouts;
+    s->created = pool->created;
+    s->connect_errors = pool->connect_errors;
+    s->discarded = pool->discarded;
+    pthread_mutex_unlock(&pool->mu);
+    s->round_trips = load(&pool->tx.round_trips);
+    s->commits = load(&pool->tx.commits);
+    s->rollbacks = load(&pool->tx.rollbacks);
+    s->retries_serialization = load(&pool->tx.retries_serialization);
+    s->retries_deadlock = load(&pool->tx.retries_deadlock);
+    s->retries_stale = load(&pool->tx.retries_stale);
+    s->retries_connection = load(&pool->tx.retries_connection);
+    s->commit_unknown = load(&pool->tx.commit_unknown);
+}

@@ -1,0 +1,48 @@
+/* harness.h — helpers shared by the tests: a real server, polling, threads. */
+#ifndef PGTX_TEST_HARNESS_H
+#define PGTX_TEST_HARNESS_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "pgtx.h"
+
+/* The server under test: PGTX_TEST_DSN, else libpq's environment (which
+   scripts/with-pg.sh fills from a throw-away cluster).  Never NULL. */
+const char *h_dsn(void);
+
+/* A connection outside any pool, for set-up and for checking from the side.
+   Fails the test if it cannot connect.  PQfinish it. */
+PGconn *h_connect(const char *application_name);
+
+/* Run SQL on a plain connection; fails the test on error. */
+void h_exec(PGconn *pg, const char *sql);
+/* First column of the first row as an integer; fails the test if none. */
+long long h_scalar(PGconn *pg, const char *sql);
+/* Same, with printf-style SQL. */
+long long h_scalarf(PGconn *pg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void h_execf(PGconn *pg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A pool on the test server; the test fails if it cannot be made. */
+pgtx_pool *h_pool(int size, int overflow, const char *application_name);
+pgtx_engine *h_engine(pgtx_pool *pool, pgtx_isolation iso);
+
+/* Poll `cond(arg)` every few ms until it is true or `timeout_ms` passes. */
+int h_wait_until(int (*cond)(void *arg), void *arg, int timeout_ms);
+
+int64_t h_now_ms(void);
+
+/* Terminate a backend from the side and wait until it is gone. */
+void h_kill_backend(PGconn *admin, int pid);
+
+/* Start n threads running fn(arg_i) where arg_i = base + i*stride; join. */
+void h_run_threads(int n, void *(*fn)(void *), void *base, size_t stride);
+
+/* A name unique to this test process, for tables and application names. */
+const char *h_unique(const char *prefix);
+
+#endif
