@@ -7,4 +7,6 @@ set -euo pipefail
 if [ -n "${PGTX_TEST_DSN:-}" ]; then
   exec "$@"
 fi
-exec pg_virtualenv -o max_connections=200 "$@"
+# -t keeps the cluster in a temporary folder even as root, so that two runs
+# (or a run killed half-way) never collide on /etc/postgresql/*/regress.
+exec pg_virtualenv -t -o max_connections=200 "$@"

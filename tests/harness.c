@@ -16,8 +16,9 @@ const char *h_dsn(void)
 
 PGconn *h_connect(const char *application_name)
 {
-    const char *keys[] = {"dbname", "application_name", NULL};
-    const char *vals[] = {h_dsn(), application_name, NULL};
+    const char *keys[] = {"dbname", "application_name", "options", NULL};
+    const char *vals[] = {h_dsn(), application_name,
+                          "-c client_min_messages=warning", NULL};
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (PQstatus(pg) != CONNECTION_OK) {
         fprintf(stderr, "cannot connect to the test server: %s",

@@ -52,6 +52,7 @@ struct pgtx_pool {
     /* after a failed connect, no new attempt before this time */
     int64_t connect_blocked_until_us;
     int64_t last_connect_error_us;
+    int64_t last_connect_ok_us;
     pgtx_error last_connect_error;
     atomic_uint_fast64_t next_conn_id;
 
@@ -512,6 +513,7 @@ static void connect_done_locked(pgtx_pool *pool, pgtx_conn *c, const pgtx_error 
         c->state = CONN_USED;
         list_push(&pool->lists[CONN_USED], c);
         pool->created++;
+        pool->last_connect_ok_us = pgtx__now_us();
     } else {
         int64_t now = pgtx__now_us();
         pool->connect_errors++;
@@ -564,13 +566,12 @@ static void checkout_discard(pgtx_pool *pool, pgtx_conn *c)
     conn_close(c);
 }
 
-/* Why a checkout gave up waiting: a recent failed connect says more than
-   "timeout" (the database is down, not busy). */
-static pgtx_status timeout_status_locked(pgtx_pool *pool, int64_t since_us,
-                                         pgtx_error *err)
+/* Why a checkout gave up waiting: when nothing is open and the last connect
+   failed, the database is down, not busy, and its error says more. */
+static pgtx_status timeout_status_locked(pgtx_pool *pool, pgtx_error *err)
 {
     pool->timeouts++;
-    if (pool->last_connect_error_us >= since_us &&
+    if (pool->last_connect_error_us > pool->last_connect_ok_us &&
         pool->lists[CONN_USED].count == 0 && pool->lists[CONN_IDLE].count == 0) {
         if (err)
             *err = pool->last_connect_error;
@@ -640,7 +641,7 @@ static pgtx_status checkout_turn_locked(pgtx_pool *pool, checkout_state *cs,
         if (my_turn && (*take = take_locked(pool, pgtx__now_us(), out)) != TAKE_NONE)
             return PGTX_OK;
         if (!checkout_wait_locked(pool, cs, deadline))
-            return timeout_status_locked(pool, cs->start_us, err);
+            return timeout_status_locked(pool, err);
     }
 }
 
