@@ -151,6 +151,27 @@ void h_kill_backend(PGconn *admin, int pid)
     assert_true(h_wait_until(backend_gone, &g, 10000));
 }
 
+typedef struct app_arg {
+    PGconn *admin;
+    const char *app;
+    int left;
+} app_arg;
+
+static int app_gone(void *p)
+{
+    app_arg *a = p;
+    a->left = (int)h_scalarf(a->admin, "SELECT count(*) FROM pg_stat_activity "
+                                       "WHERE application_name = '%s'", a->app);
+    return a->left == 0;
+}
+
+int h_wait_app_gone(PGconn *admin, const char *app, int timeout_ms)
+{
+    app_arg a = {admin, app, -1};
+    h_wait_until(app_gone, &a, timeout_ms);
+    return a.left;
+}
+
 void h_run_threads(int n, void *(*fn)(void *), void *base, size_t stride)
 {
     pthread_t *t = calloc((size_t)n, sizeof *t);

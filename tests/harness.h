@@ -39,6 +39,10 @@ int64_t h_now_ms(void);
 /* Terminate a backend from the side and wait until it is gone. */
 void h_kill_backend(PGconn *admin, int pid);
 
+/* Wait until no backend has this application_name; returns how many are
+   left when `timeout_ms` runs out (0 on success). */
+int h_wait_app_gone(PGconn *admin, const char *app, int timeout_ms);
+
 /* Start n threads running fn(arg_i) where arg_i = base + i*stride; join. */
 void h_run_threads(int n, void *(*fn)(void *), void *base, size_t stride);
 

@@ -1,1 +1,487 @@
-int main(void){return 0;}
+/* test_runner.c — the transaction runner: commit, rollback, classification,
+   retries, lost connections before and during COMMIT. */
+#include "harness.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static PGconn *admin;
+static char *tbl;
+static pgtx_pool *pool;
+static pgtx_engine *rc;
+
+static int setup(void **state)
+{
+    (void)state;
+    admin = h_connect("runner-admin");
+    tbl = strdup(h_unique("runner_t"));
+    h_execf(admin, "DROP TABLE IF EXISTS %s; CREATE TABLE %s (id int PRIMARY KEY, v int)",
+            tbl, tbl);
+    pool = h_pool(2, 0, "runner");
+    rc = h_engine(pool, PGTX_READ_COMMITTED);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    pgtx_engine_destroy(rc);
+    pgtx_pool_destroy(pool);
+    h_execf(admin, "DROP TABLE %s", tbl);
+    free(tbl);
+    PQfinish(admin);
+    return 0;
+}
+
+static int reset_table(void **state)
+{
+    (void)state;
+    h_execf(admin, "TRUNCATE %s", tbl);
+    return 0;
+}
+
+static long long rows(void) { return h_scalarf(admin, "SELECT count(*) FROM %s", tbl); }
+
+/* Insert id, then do what `then` says. */
+typedef enum then_do { THEN_OK, THEN_ABORT, THEN_SWALLOW, THEN_STALE_TWICE,
+                       THEN_ALWAYS_STALE } then_do;
+
+typedef struct ins_arg {
+    int id;
+    then_do then;
+    int calls;
+} ins_arg;
+
+static pgtx_status insert_fn(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    ins_arg *a = p;
+    a->calls++;
+    char sql[128], id[16];
+    snprintf(id, sizeof id, "%d", a->id);
+    const char *params[] = {id};
+    snprintf(sql, sizeof sql, "INSERT INTO %s VALUES ($1::int, 0)", tbl);
+    pgtx_status st = pgtx_query(tx, sql, 1, params, NULL, err);
+    if (st != PGTX_OK)
+        return st;
+    switch (a->then) {
+    case THEN_ABORT:
+        return pgtx_fail(err, PGTX_ABORTED, "changed my mind about %d", a->id);
+    case THEN_SWALLOW:
+        (void)pgtx_query(tx, sql, 1, params, NULL, NULL); /* duplicate key */
+        return PGTX_OK;
+    case THEN_STALE_TWICE:
+        return pgtx_tx_attempt(tx) <= 2 ? PGTX_STALE : PGTX_OK;
+    case THEN_ALWAYS_STALE:
+        return PGTX_STALE;
+    default:
+        return PGTX_OK;
+    }
+}
+
+static void commits_on_ok(void **state)
+{
+    (void)state;
+    ins_arg a = {1, THEN_OK, 0};
+    pgtx_run_info info;
+    pgtx_error err;
+    assert_int_equal(pgtx_run(rc, insert_fn, &a, &info, &err), PGTX_OK);
+    assert_int_equal(info.attempts, 1);
+    assert_false(info.exhausted);
+    assert_int_equal(rows(), 1);
+}
+
+static void callback_abort_rolls_back(void **state)
+{
+    (void)state;
+    ins_arg a = {2, THEN_ABORT, 0};
+    pgtx_run_info info;
+    pgtx_error err;
+    assert_int_equal(pgtx_run(rc, insert_fn, &a, &info, &err), PGTX_ABORTED);
+    assert_string_equal(err.message, "changed my mind about 2");
+    assert_int_equal(pgtx_status_class(err.status), PGTX_CLASS_ABORT);
+    assert_int_equal(info.attempts, 1);
+    assert_int_equal(rows(), 0);
+}
+
+static void swallowed_error_still_rolls_back(void **state)
+{
+    (void)state;
+    ins_arg a = {3, THEN_SWALLOW, 0};
+    pgtx_error err;
+    assert_int_equal(pgtx_run(rc, insert_fn, &a, NULL, &err), PGTX_UNIQUE_VIOLATION);
+    assert_string_equal(err.sqlstate, "23505");
+    assert_non_null(strstr(err.message, "duplicate key"));
+    assert_int_equal(rows(), 0);
+}
+
+static void constraint_violation_is_classified(void **state)
+{
+    (void)state;
+    h_execf(admin, "INSERT INTO %s VALUES (4, 0)", tbl);
+    ins_arg a = {4, THEN_OK, 0};
+    pgtx_run_info info;
+    pgtx_error err;
+    assert_int_equal(pgtx_run(rc, insert_fn, &a, &info, &err), PGTX_UNIQUE_VIOLATION);
+    assert_int_equal(pgtx_status_class(err.status), PGTX_CLASS_CONSTRAINT);
+    assert_int_equal(info.attempts, 1); /* not retried */
+}
+
+static void stale_is_retried(void **state)
+{
+    (void)state;
+    pgtx_pool_stats s0, s1;
+    pgtx_pool_stats_get(pool, &s0);
+    ins_arg a = {5, THEN_STALE_TWICE, 0};
+    pgtx_run_info info;
+    assert_int_equal(pgtx_run(rc, insert_fn, &a, &info, NULL), PGTX_OK);
+    assert_int_equal(info.attempts, 3);
+    assert_int_equal(a.calls, 3);
+    assert_int_equal(rows(), 1); /* the rolled-back attempts left nothing */
+    pgtx_pool_stats_get(pool, &s1);
+    assert_int_equal(s1.retries_stale - s0.retries_stale, 2);
+    assert_int_equal(s1.rollbacks - s0.rollbacks, 2);
+    assert_int_equal(s1.commits - s0.commits, 1);
+}
+
+static void attempts_and_budget_bound_retries(void **state)
+{
+    (void)state;
+    pgtx_engine_options o;
+    pgtx_engine_options_init(&o);
+    o.retry.max_attempts = 4;
+    pgtx_engine *e = NULL;
+    assert_int_equal(pgtx_engine_create(pool, &o, &e, NULL), PGTX_OK);
+    ins_arg a = {6, THEN_ALWAYS_STALE, 0};
+    pgtx_run_info info;
+    pgtx_error err;
+    assert_int_equal(pgtx_run(e, insert_fn, &a, &info, &err), PGTX_STALE);
+    assert_int_equal(info.attempts, 4);
+    assert_true(info.exhausted);
+    assert_int_equal(err.status, PGTX_STALE);
+    pgtx_engine_destroy(e);
+
+    /* A time budget: attempts stop once the next one would start late. */
+    pgtx_engine_options_init(&o);
+    o.retry.max_attempts = 1000000;
+    o.retry.budget_ms = 150;
+    o.retry.base_delay_ms = 20;
+    o.retry.max_delay_ms = 20;
+    assert_int_equal(pgtx_engine_create(pool, &o, &e, NULL), PGTX_OK);
+    a.calls = 0;
+    assert_int_equal(pgtx_run(e, insert_fn, &a, &info, &err), PGTX_STALE);
+    assert_true(info.exhausted);
+    assert_true(info.attempts > 1);
+    assert_true(info.attempts < 1000);
+    assert_true(info.elapsed_us < 150 * 1000 + 5 * 1000 * 1000); /* no hang */
+    pgtx_engine_destroy(e);
+
+    /* A status left out of retry_on is returned at once. */
+    pgtx_engine_options_init(&o);
+    o.retry.retry_on = PGTX_RETRY_SERIALIZATION;
+    assert_int_equal(pgtx_engine_create(pool, &o, &e, NULL), PGTX_OK);
+    assert_int_equal(pgtx_run(e, insert_fn, &a, &info, &err), PGTX_STALE);
+    assert_int_equal(info.attempts, 1);
+    assert_false(info.exhausted);
+    pgtx_engine_destroy(e);
+    assert_int_equal(rows(), 0);
+}
+
+/* ---- lost connections ---------------------------------------------------- */
+
+typedef struct kill_arg {
+    int kill_on_attempt;
+    bool kill_after_last; /* kill after the last statement, before COMMIT */
+    int pids[8];
+    int attempts;
+} kill_arg;
+
+static pgtx_status insert_and_kill(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    kill_arg *a = p;
+    int n = pgtx_tx_attempt(tx);
+    a->attempts = n;
+    char sql[128];
+    snprintf(sql, sizeof sql, "INSERT INTO %s VALUES (%d, 1)", tbl, 100 + n);
+    pgtx_status st = pgtx_query(tx, sql, 0, NULL, NULL, err);
+    if (st != PGTX_OK)
+        return st;
+    a->pids[n] = PQbackendPID(pgtx_tx_pg_borrow(tx));
+    if (n == a->kill_on_attempt)
+        h_kill_backend(admin, a->pids[n]);
+    if (a->kill_after_last)
+        return PGTX_OK;
+    snprintf(sql, sizeof sql, "UPDATE %s SET v = v + 1", tbl);
+    return pgtx_query(tx, sql, 0, NULL, NULL, err);
+}
+
+static void killed_mid_transaction_is_retried_on_a_fresh_connection(void **state)
+{
+    (void)state;
+    pgtx_pool_stats s0, s1;
+    pgtx_pool_stats_get(pool, &s0);
+    kill_arg a = {.kill_on_attempt = 1};
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = pgtx_run(rc, insert_and_kill, &a, &info, &err);
+    if (st != PGTX_OK)
+        fail_msg("%s: %s", pgtx_status_name(st), err.message);
+    assert_int_equal(info.attempts, 2);
+    assert_int_not_equal(a.pids[1], a.pids[2]);
+    /* Only the second attempt's row exists, updated once. */
+    assert_int_equal(rows(), 1);
+    assert_int_equal(h_scalarf(admin, "SELECT v FROM %s WHERE id = 102", tbl), 2);
+    pgtx_pool_stats_get(pool, &s1);
+    assert_int_equal(s1.retries_connection - s0.retries_connection, 1);
+}
+
+static void killed_before_commit_is_retried(void **state)
+{
+    (void)state;
+    kill_arg a = {.kill_on_attempt = 1, .kill_after_last = true};
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = pgtx_run(rc, insert_and_kill, &a, &info, &err);
+    if (st != PGTX_OK)
+        fail_msg("%s: %s", pgtx_status_name(st), err.message);
+    /* The server's goodbye arrived before COMMIT was sent: known rolled
+       back, so a retry is safe. */
+    assert_int_equal(info.attempts, 2);
+    assert_int_equal(rows(), 1);
+    assert_int_equal(h_scalarf(admin, "SELECT count(*) FROM %s WHERE id = 102", tbl), 1);
+}
+
+typedef struct commit_killer {
+    int pid;
+    int killed;
+} commit_killer;
+
+static void *kill_during_commit(void *p)
+{
+    commit_killer *k = p;
+    PGconn *side = h_connect("runner-killer");
+    for (int64_t end = h_now_ms() + 10000; h_now_ms() < end;) {
+        PGresult *r = PQexec(side, "SELECT pid FROM pg_stat_activity "
+                                   "WHERE state = 'active' AND query = 'COMMIT' "
+                                   "AND application_name = 'runner-commit'");
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+            k->pid = atoi(PQgetvalue(r, 0, 0));
+            PQclear(r);
+            char sql[64];
+            snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", k->pid);
+            PQclear(PQexec(side, sql));
+            k->killed = 1;
+            break;
+        }
+        PQclear(r);
+        usleep(2000);
+    }
+    PQfinish(side);
+    return NULL;
+}
+
+static pgtx_status insert_slow_commit(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    (void)p;
+    char sql[128];
+    snprintf(sql, sizeof sql, "INSERT INTO %s_slow VALUES (1)", tbl);
+    return pgtx_query(tx, sql, 0, NULL, NULL, err);
+}
+
+static void connection_lost_during_commit_is_unknown_not_retried(void **state)
+{
+    (void)state;
+    /* A deferred constraint trigger runs inside COMMIT; it sleeps, so that
+       the backend can be terminated while COMMIT is in flight. */
+    h_execf(admin,
+            "DROP TABLE IF EXISTS %s_slow;"
+            "CREATE TABLE %s_slow (x int);"
+            "CREATE OR REPLACE FUNCTION %s_sleep() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$;"
+            "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON %s_slow "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION %s_sleep()",
+            tbl, tbl, tbl, tbl, tbl);
+    pgtx_pool *p = h_pool(1, 0, "runner-commit");
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    commit_killer k = {0, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, kill_during_commit, &k), 0);
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = pgtx_run(e, insert_slow_commit, NULL, &info, &err);
+    pthread_join(t, NULL);
+    assert_true(k.killed);
+    assert_int_equal(st, PGTX_COMMIT_UNKNOWN);
+    assert_int_equal(err.status, PGTX_COMMIT_UNKNOWN);
+    assert_int_equal(info.attempts, 1); /* never retried blindly */
+    assert_false(pgtx_status_is_retryable(st));
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(p, &s);
+    assert_int_equal(s.commit_unknown, 1);
+    assert_int_equal(s.open, 0); /* the broken connection was not kept */
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+    h_execf(admin, "DROP TABLE %s_slow; DROP FUNCTION %s_sleep()", tbl, tbl);
+}
+
+/* ---- deadlock -------------------------------------------------------------- */
+
+typedef struct dl_arg {
+    int first, second;
+    pthread_barrier_t *barrier;
+    pgtx_status st;
+    pgtx_run_info info;
+} dl_arg;
+
+static pgtx_status update_two(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    dl_arg *a = p;
+    char sql[128];
+    snprintf(sql, sizeof sql, "UPDATE %s SET v = v + 1 WHERE id = %d", tbl, a->first);
+    pgtx_status st = pgtx_query(tx, sql, 0, NULL, NULL, err);
+    if (st != PGTX_OK)
+        return st;
+    if (pgtx_tx_attempt(tx) == 1)
+        pthread_barrier_wait(a->barrier); /* both hold their first row */
+    snprintf(sql, sizeof sql, "UPDATE %s SET v = v + 1 WHERE id = %d", tbl, a->second);
+    return pgtx_query(tx, sql, 0, NULL, NULL, err);
+}
+
+static void *run_update_two(void *p)
+{
+    dl_arg *a = p;
+    a->st = pgtx_run(rc, update_two, a, &a->info, NULL);
+    return NULL;
+}
+
+static void deadlock_is_detected_and_retried(void **state)
+{
+    (void)state;
+    h_execf(admin, "INSERT INTO %s VALUES (1, 0), (2, 0)", tbl);
+    pthread_barrier_t b;
+    pthread_barrier_init(&b, NULL, 2);
+    dl_arg x = {1, 2, &b, PGTX_SQL, {0}}, y = {2, 1, &b, PGTX_SQL, {0}};
+    pgtx_pool_stats s0, s1;
+    pgtx_pool_stats_get(pool, &s0);
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, run_update_two, &x);
+    pthread_create(&t2, NULL, run_update_two, &y);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    pthread_barrier_destroy(&b);
+    assert_int_equal(x.st, PGTX_OK);
+    assert_int_equal(y.st, PGTX_OK);
+    assert_int_equal(x.info.attempts + y.info.attempts, 3);
+    pgtx_pool_stats_get(pool, &s1);
+    assert_int_equal(s1.retries_deadlock - s0.retries_deadlock, 1);
+    /* Both transactions applied exactly once. */
+    assert_int_equal(h_scalarf(admin, "SELECT sum(v) FROM %s", tbl), 4);
+}
+
+/* ---- round trips and raw access ------------------------------------------ */
+
+static pgtx_status one_select(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    (void)p;
+    return pgtx_query(tx, "SELECT 1", 0, NULL, NULL, err);
+}
+
+static pgtx_status nothing(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    (void)tx;
+    (void)p;
+    (void)err;
+    return PGTX_OK;
+}
+
+static void one_statement_costs_two_round_trips(void **state)
+{
+    (void)state;
+    assert_int_equal(pgtx_run(rc, one_select, NULL, NULL, NULL), PGTX_OK); /* warm */
+    pgtx_pool_stats s0, s1;
+    pgtx_pool_stats_get(pool, &s0);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(pgtx_run(rc, one_select, NULL, NULL, NULL), PGTX_OK);
+    pgtx_pool_stats_get(pool, &s1);
+    /* BEGIN + statement in one, COMMIT in the other. */
+    assert_int_equal(s1.round_trips - s0.round_trips, 20);
+    /* A transaction that ran nothing costs nothing. */
+    assert_int_equal(pgtx_run(rc, nothing, NULL, NULL, NULL), PGTX_OK);
+    pgtx_pool_stats_get(pool, &s0);
+    assert_int_equal(s0.round_trips, s1.round_trips);
+}
+
+static pgtx_status raw_libpq(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    (void)p;
+    PGconn *pg = pgtx_tx_pg_borrow(tx);
+    if (pg == NULL)
+        return pgtx_fail(err, PGTX_SQL, "no connection");
+    char sql[128];
+    snprintf(sql, sizeof sql, "INSERT INTO %s VALUES (7, 7)", tbl);
+    PGresult *r = PQexec(pg, sql);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (PQtransactionStatus(pg) != PQTRANS_INTRANS)
+        return pgtx_fail(err, PGTX_SQL, "not inside a transaction");
+    return ok ? PGTX_OK : pgtx_fail(err, PGTX_SQL, "insert failed");
+}
+
+static void raw_connection_runs_inside_the_transaction(void **state)
+{
+    (void)state;
+    pgtx_error err;
+    assert_int_equal(pgtx_run(rc, raw_libpq, NULL, NULL, &err), PGTX_OK);
+    assert_int_equal(h_scalarf(admin, "SELECT v FROM %s WHERE id = 7", tbl), 7);
+}
+
+typedef struct rows_arg {
+    int64_t affected;
+} rows_arg;
+
+static pgtx_status update_all(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    rows_arg *a = p;
+    char sql[128];
+    snprintf(sql, sizeof sql, "UPDATE %s SET v = v + 1", tbl);
+    PGresult *r = NULL;
+    pgtx_status st = pgtx_query(tx, sql, 0, NULL, &r, err);
+    if (st == PGTX_OK)
+        a->affected = pgtx_result_affected(r);
+    PQclear(r);
+    return st;
+}
+
+static void affected_rows_are_reported(void **state)
+{
+    (void)state;
+    h_execf(admin, "INSERT INTO %s VALUES (1, 0), (2, 0), (3, 0)", tbl);
+    rows_arg a = {-5};
+    assert_int_equal(pgtx_run(rc, update_all, &a, NULL, NULL), PGTX_OK);
+    assert_int_equal(a.affected, 3);
+    assert_int_equal(pgtx_result_affected(NULL), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(commits_on_ok, reset_table),
+        cmocka_unit_test_setup(callback_abort_rolls_back, reset_table),
+        cmocka_unit_test_setup(swallowed_error_still_rolls_back, reset_table),
+        cmocka_unit_test_setup(constraint_violation_is_classified, reset_table),
+        cmocka_unit_test_setup(stale_is_retried, reset_table),
+        cmocka_unit_test_setup(attempts_and_budget_bound_retries, reset_table),
+        cmocka_unit_test_setup(killed_mid_transaction_is_retried_on_a_fresh_connection,
+                               reset_table),
+        cmocka_unit_test_setup(killed_before_commit_is_retried, reset_table),
+        cmocka_unit_test_setup(connection_lost_during_commit_is_unknown_not_retried,
+                               reset_table),
+        cmocka_unit_test_setup(deadlock_is_detected_and_retried, reset_table),
+        cmocka_unit_test_setup(one_statement_costs_two_round_trips, reset_table),
+        cmocka_unit_test_setup(raw_connection_runs_inside_the_transaction, reset_table),
+        cmocka_unit_test_setup(affected_rows_are_reported, reset_table),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
