@@ -1,11 +1,12 @@
 # Short commands over CMake.  Everything lands under build/.
 BUILD      ?= build
 ASAN_BUILD ?= build/asan
+TSAN_BUILD ?= build/tsan
 PREFIX     ?= /usr/local
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_TYPE ?= RelWithDebInfo
 
-.PHONY: all deps configure test test-plain test-asan bench-lib install clean
+.PHONY: all deps configure test test-plain test-asan test-tsan bench-lib install clean
 
 all: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -31,6 +32,17 @@ test-asan: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  scripts/with-pg.sh ctest --test-dir $(ASAN_BUILD) --output-on-failure
+
+# The threaded tests once more under ThreadSanitizer (clang): the pool's
+# locking is the core of the library, so data races are checked, not hoped.
+test-tsan: deps
+	@test -f $(TSAN_BUILD)/CMakeCache.txt || \
+	  cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang \
+	    -DCMAKE_C_FLAGS=-fsanitize=thread -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread \
+	    -DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=thread
+	cmake --build $(TSAN_BUILD) -j $(JOBS)
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  scripts/with-pg.sh ctest --test-dir $(TSAN_BUILD) --output-on-failure -R 'pool|runner|concurrency'
 
 bench-lib: all
 	scripts/with-pg.sh $(BUILD)/bench-lib

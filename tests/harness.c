@@ -54,7 +54,7 @@ long long h_scalar(PGconn *pg, const char *sql)
     return v;
 }
 
-static char *vformat(const char *fmt, va_list ap)
+__attribute__((format(printf, 1, 0))) static char *vformat(const char *fmt, va_list ap)
 {
     va_list ap2;
     va_copy(ap2, ap);
