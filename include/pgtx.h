@@ -396,8 +396,28 @@ PGTX_API PGconn *pgtx_tx_pg_borrow(pgtx_tx *tx);
 /* The attempt this callback runs in: 1 for the first. */
 PGTX_API int pgtx_tx_attempt(const pgtx_tx *tx);
 
+/*
+ * pgtx_query() for a statement that must change exactly `expected` rows: any
+ * other count returns STALE and aborts the transaction, which the runner
+ * retries.  This is the optimistic version check in one call:
+ *   UPDATE t SET ..., version = version + 1 WHERE id = $1 AND version = $2
+ * `out` as for pgtx_query() (NULL is fine; on STALE nothing is returned).
+ */
+PGTX_API pgtx_status pgtx_query_expect(pgtx_tx *tx, const char *sql, int nparams,
+                                       const char *const *params,
+                                       int64_t expected, PGresult **out,
+                                       pgtx_error *err);
+
 /* Number of rows a command changed (PQcmdTuples as an integer), -1 if none. */
 PGTX_API int64_t pgtx_result_affected(PGresult *res);
+
+/*
+ * Read field (row, col) of `res` as a 64-bit integer into *out.  Returns
+ * INVALID (and leaves *out alone) if there is no such field, it is NULL, or
+ * it is not an integer that fits: never a silent 0.
+ */
+PGTX_API pgtx_status pgtx_result_int64(const PGresult *res, int row, int col,
+                                       int64_t *out);
 
 /*
  * The delay before attempt `attempt` + 1 given `policy` and a uniform random

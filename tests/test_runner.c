@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -464,6 +465,100 @@ static void affected_rows_are_reported(void **state)
     assert_int_equal(pgtx_result_affected(NULL), -1);
 }
 
+/* ---- optimistic version check -------------------------------------------- */
+
+typedef struct opt_ctx {
+    pgtx_engine *engine;
+    atomic_int failures;
+} opt_ctx;
+
+static pgtx_status optimistic_increment(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    (void)p;
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT v, id FROM %s WHERE id = 1", tbl);
+    PGresult *r = NULL;
+    pgtx_status st = pgtx_query(tx, sql, 0, NULL, &r, err);
+    if (st != PGTX_OK)
+        return st;
+    int64_t v = 0;
+    st = pgtx_result_int64(r, 0, 0, &v);
+    PQclear(r);
+    if (st != PGTX_OK)
+        return pgtx_fail(err, st, "bad value");
+    char next[32], seen[32];
+    snprintf(next, sizeof next, "%lld", (long long)v + 1);
+    snprintf(seen, sizeof seen, "%lld", (long long)v);
+    const char *params[] = {next, seen};
+    usleep(100); /* let others in between the read and the write */
+    snprintf(sql, sizeof sql, "UPDATE %s SET v = $1::int WHERE id = 1 AND v = $2::int", tbl);
+    return pgtx_query_expect(tx, sql, 2, params, 1, NULL, err);
+}
+
+static void *optimistic_worker(void *p)
+{
+    opt_ctx *c = p;
+    for (int i = 0; i < 50; i++)
+        if (pgtx_run(c->engine, optimistic_increment, NULL, NULL, NULL) != PGTX_OK)
+            atomic_fetch_add(&c->failures, 1);
+    return NULL;
+}
+
+static void optimistic_check_retries_stale_writes(void **state)
+{
+    (void)state;
+    h_execf(admin, "INSERT INTO %s VALUES (1, 0)", tbl);
+    pgtx_pool *p = h_pool(4, 0, "runner-optimistic");
+    pgtx_engine_options o;
+    pgtx_engine_options_init(&o);
+    o.retry.max_attempts = 10000;
+    o.retry.budget_ms = 60000;
+    opt_ctx c = {.engine = NULL};
+    assert_int_equal(pgtx_engine_create(p, &o, &c.engine, NULL), PGTX_OK);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, optimistic_worker, &c);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(p, &s);
+    print_message("optimistic: %llu stale retries for 200 increments\n",
+                  (unsigned long long)s.retries_stale);
+    assert_int_equal(atomic_load(&c.failures), 0);
+    assert_int_equal(h_scalarf(admin, "SELECT v FROM %s WHERE id = 1", tbl), 200);
+    assert_true(s.retries_stale > 0);
+    pgtx_engine_destroy(c.engine);
+    pgtx_pool_destroy(p);
+}
+
+static pgtx_status read_values(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    PGresult **out = p;
+    return pgtx_query(tx, "SELECT 42, NULL::int, 'x', 9223372036854775807, "
+                          "'99999999999999999999'", 0, NULL, out, err);
+}
+
+static void result_int64_never_guesses(void **state)
+{
+    (void)state;
+    PGresult *r = NULL;
+    assert_int_equal(pgtx_run(rc, read_values, &r, NULL, NULL), PGTX_OK);
+    int64_t v = -1;
+    assert_int_equal(pgtx_result_int64(r, 0, 0, &v), PGTX_OK);
+    assert_int_equal(v, 42);
+    v = -1;
+    assert_int_equal(pgtx_result_int64(r, 0, 1, &v), PGTX_INVALID); /* NULL */
+    assert_int_equal(pgtx_result_int64(r, 0, 2, &v), PGTX_INVALID); /* text */
+    assert_int_equal(pgtx_result_int64(r, 0, 3, &v), PGTX_OK);
+    assert_true(v == INT64_MAX);
+    v = -1;
+    assert_int_equal(pgtx_result_int64(r, 0, 4, &v), PGTX_INVALID); /* overflow */
+    assert_int_equal(pgtx_result_int64(r, 1, 0, &v), PGTX_INVALID); /* no row */
+    assert_int_equal(pgtx_result_int64(r, 0, 9, &v), PGTX_INVALID);
+    assert_int_equal(v, -1);
+    PQclear(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -482,6 +577,8 @@ int main(void)
         cmocka_unit_test_setup(one_statement_costs_two_round_trips, reset_table),
         cmocka_unit_test_setup(raw_connection_runs_inside_the_transaction, reset_table),
         cmocka_unit_test_setup(affected_rows_are_reported, reset_table),
+        cmocka_unit_test_setup(optimistic_check_retries_stale_writes, reset_table),
+        cmocka_unit_test_setup(result_int64_never_guesses, reset_table),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

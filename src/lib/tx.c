@@ -1,6 +1,7 @@
 /* tx.c — the transaction runner: begin, statements, commit/rollback, retry. */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,46 @@ PGconn *pgtx_tx_pg_borrow(pgtx_tx *tx)
 }
 
 int pgtx_tx_attempt(const pgtx_tx *tx) { return tx->attempt; }
+
+pgtx_status pgtx_query_expect(pgtx_tx *tx, const char *sql, int nparams,
+                              const char *const *params, int64_t expected,
+                              PGresult **out, pgtx_error *err)
+{
+    PGresult *r = NULL;
+    pgtx_status st = pgtx_query(tx, sql, nparams, params, &r, err);
+    if (st != PGTX_OK)
+        return st;
+    int64_t got = pgtx_result_affected(r);
+    if (got != expected) {
+        PQclear(r);
+        pgtx_error e;
+        pgtx_fail(&e, PGTX_STALE, "expected %lld row(s) changed, got %lld: the "
+                  "data changed since it was read", (long long)expected,
+                  (long long)got);
+        return tx_fail(tx, PGTX_STALE, &e, err);
+    }
+    if (out)
+        *out = r;
+    else
+        PQclear(r);
+    return PGTX_OK;
+}
+
+pgtx_status pgtx_result_int64(const PGresult *res, int row, int col, int64_t *out)
+{
+    if (res == NULL || out == NULL || row < 0 || col < 0 ||
+        row >= PQntuples(res) || col >= PQnfields(res) ||
+        PQgetisnull(res, row, col))
+        return PGTX_INVALID;
+    const char *s = PQgetvalue(res, row, col);
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0')
+        return PGTX_INVALID;
+    *out = (int64_t)v;
+    return PGTX_OK;
+}
 
 int64_t pgtx_result_affected(PGresult *res)
 {
