@@ -56,14 +56,10 @@ struct pgtx_pool {
     pgtx_error last_connect_error;
     atomic_uint_fast64_t next_conn_id;
 
-    /* settings, immutable after create */
+    /* settings, immutable after create; the strings are the pool's copies */
+    pgtx_pool_config cfg;
     char *conninfo;
     char *application_name;
-    int pool_size, max_overflow, checkout_timeout_ms, connect_timeout_ms;
-    int check_idle_ms, max_lifetime_ms, connect_retry_ms;
-    bool echo;
-    pgtx_log_fn log;
-    void *log_arg;
 
     /* statistics guarded by mu */
     uint64_t checkouts, waits, wait_us, timeouts, created, connect_errors,
@@ -125,16 +121,9 @@ static pgtx_status pool_copy_config(pgtx_pool *pool, const pgtx_pool_config *cfg
     if (pool->conninfo == NULL ||
         (cfg->application_name && pool->application_name == NULL))
         return PGTX_NOMEM;
-    pool->pool_size = cfg->pool_size;
-    pool->max_overflow = cfg->max_overflow;
-    pool->checkout_timeout_ms = cfg->checkout_timeout_ms;
-    pool->connect_timeout_ms = cfg->connect_timeout_ms;
-    pool->check_idle_ms = cfg->check_idle_ms;
-    pool->max_lifetime_ms = cfg->max_lifetime_ms;
-    pool->connect_retry_ms = cfg->connect_retry_ms;
-    pool->echo = cfg->echo;
-    pool->log = cfg->log;
-    pool->log_arg = cfg->log_arg;
+    pool->cfg = *cfg;
+    pool->cfg.conninfo = pool->conninfo;
+    pool->cfg.application_name = pool->application_name;
     return PGTX_OK;
 }
 
@@ -170,28 +159,28 @@ pgtx_status pgtx_pool_create(const pgtx_pool_config *cfg, pgtx_pool **out,
 
 void pgtx__log(pgtx_pool *pool, pgtx_log_level level, const char *fmt, ...)
 {
-    if (pool->log == NULL)
+    if (pool->cfg.log == NULL)
         return;
     char line[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    pool->log(pool->log_arg, level, line);
+    pool->cfg.log(pool->cfg.log_arg, level, line);
 }
 
-bool pgtx__echo_on(const pgtx_pool *pool) { return pool->echo; }
+bool pgtx__echo_on(const pgtx_pool *pool) { return pool->cfg.echo; }
 
 void pgtx__echo(pgtx_pool *pool, const pgtx_conn *conn, const char *sql,
                 int64_t us)
 {
-    if (!pool->echo)
+    if (!pool->cfg.echo)
         return;
     char line[1024];
     snprintf(line, sizeof line, "pgtx conn %llu: %.3f ms: %s",
              (unsigned long long)conn->id, (double)us / 1000.0, sql);
-    if (pool->log)
-        pool->log(pool->log_arg, PGTX_LOG_ECHO, line);
+    if (pool->cfg.log)
+        pool->cfg.log(pool->cfg.log_arg, PGTX_LOG_ECHO, line);
     else
         fprintf(stderr, "%s\n", line);
 }
@@ -404,7 +393,7 @@ static pgtx_status open_pg(pgtx_pool *pool, int64_t deadline_us, PGconn **out,
         PQfinish(pg);
         return st;
     }
-    int64_t own = pgtx__now_us() + (int64_t)pool->connect_timeout_ms * 1000;
+    int64_t own = pgtx__now_us() + (int64_t)pool->cfg.connect_timeout_ms * 1000;
     pgtx_status st = connect_poll(pg, own < deadline_us ? own : deadline_us, err);
     if (st != PGTX_OK) {
         PQfinish(pg);
@@ -418,10 +407,10 @@ static pgtx_status open_pg(pgtx_pool *pool, int64_t deadline_us, PGconn **out,
    together: up to lifetime/pool_size earlier, at random. */
 static int64_t expiry_for(const pgtx_pool *pool, int64_t now)
 {
-    if (pool->max_lifetime_ms == 0)
+    if (pool->cfg.max_lifetime_ms == 0)
         return INT64_MAX;
-    int64_t life = (int64_t)pool->max_lifetime_ms * 1000;
-    int64_t spread = life / pool->pool_size;
+    int64_t life = (int64_t)pool->cfg.max_lifetime_ms * 1000;
+    int64_t spread = life / pool->cfg.pool_size;
     return now + life - (int64_t)(pgtx__random01() * (double)spread);
 }
 
@@ -466,7 +455,7 @@ static bool conn_alive(pgtx_conn *c, int64_t now)
     if (!pgtx__conn_healthy(c) || PQtransactionStatus(c->pg) != PQTRANS_IDLE ||
         now >= c->expires_us)
         return false;
-    int check = c->pool->check_idle_ms;
+    int check = c->pool->cfg.check_idle_ms;
     if (check < 0 || now - c->last_used_us < (int64_t)check * 1000)
         return true;
     pgtx__count_round_trip(c->pool);
@@ -482,7 +471,7 @@ static bool conn_alive(pgtx_conn *c, int64_t now)
 static bool can_connect(const pgtx_pool *pool, int64_t now)
 {
     return pool->connecting == 0 &&
-           pool_open_count(pool) < pool->pool_size + pool->max_overflow &&
+           pool_open_count(pool) < pool->cfg.pool_size + pool->cfg.max_overflow &&
            now >= pool->connect_blocked_until_us;
 }
 
@@ -517,7 +506,7 @@ static void connect_done_locked(pgtx_pool *pool, pgtx_conn *c, const pgtx_error 
     } else {
         int64_t now = pgtx__now_us();
         pool->connect_errors++;
-        pool->connect_blocked_until_us = now + (int64_t)pool->connect_retry_ms * 1000;
+        pool->connect_blocked_until_us = now + (int64_t)pool->cfg.connect_retry_ms * 1000;
         pool->last_connect_error_us = now;
         pool->last_connect_error = *e;
     }
@@ -580,7 +569,7 @@ static pgtx_status timeout_status_locked(pgtx_pool *pool, pgtx_error *err)
     return pgtx_fail(err, PGTX_POOL_TIMEOUT,
                      "no connection free within the checkout timeout "
                      "(pool_size %d, max_overflow %d, all in use)",
-                     pool->pool_size, pool->max_overflow);
+                     pool->cfg.pool_size, pool->cfg.max_overflow);
 }
 
 /* How long to sleep: until the deadline, or the end of the connect back-off
@@ -651,7 +640,7 @@ pgtx_status pgtx_pool_checkout(pgtx_pool *pool, int timeout_ms, pgtx_conn **out,
     if (pool == NULL || out == NULL)
         return pgtx_fail(err, PGTX_INVALID, "pool and out are required");
     checkout_state cs = {.queued = false, .start_us = pgtx__now_us()};
-    int64_t ms = timeout_ms < 0 ? pool->checkout_timeout_ms : timeout_ms;
+    int64_t ms = timeout_ms < 0 ? pool->cfg.checkout_timeout_ms : timeout_ms;
     int64_t deadline = cs.start_us + ms * 1000;
     if (pthread_cond_init(&cs.w.cond, NULL) != 0)
         return pgtx_fail(err, PGTX_NOMEM, "cannot create a condition variable");
@@ -727,7 +716,7 @@ void pgtx_pool_return(pgtx_conn *c)
     bool reusable = conn_reset(c);
     int64_t now = pgtx__now_us();
     pthread_mutex_lock(&pool->mu);
-    bool overflow = pool_open_count(pool) > pool->pool_size && pool->n_waiting == 0;
+    bool overflow = pool_open_count(pool) > pool->cfg.pool_size && pool->n_waiting == 0;
     bool keep = reusable && !pool->closed && now < c->expires_us && !overflow;
     if (keep) {
         c->last_used_us = now;
@@ -837,7 +826,7 @@ void pgtx_pool_stats_get(pgtx_pool *pool, pgtx_pool_stats *s)
     s->open = pool_open_count(pool);
     s->idle = pool->lists[CONN_IDLE].count;
     s->in_use = pool->lists[CONN_USED].count;
-    s->overflow = s->open > pool->pool_size ? s->open - pool->pool_size : 0;
+    s->overflow = s->open > pool->cfg.pool_size ? s->open - pool->cfg.pool_size : 0;
     s->waiting = pool->n_waiting;
     s->checkouts = pool->checkouts;
     s->waits = pool->waits;
