@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  gcc clang make cmake pkg-config
+  gcc clang make cmake pkg-config python3
   libpq-dev libcmocka-dev
   postgresql postgresql-common postgresql-contrib
 )

@@ -1,0 +1,592 @@
+/* bench_sql.c — the bench scenarios: their tables, one transaction per strategy, and the invariants checked afterwards. */
+#include "bench.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- names -------------------------------------------------------------- */
+
+static const char *const SCENARIOS[BENCH_SCENARIO_COUNT] = {
+    "counter", "coupon", "order", "spread"};
+
+static const char *const REFUSALS[] = {
+    "committed", "coupon_exhausted", "coupon_already_claimed", "out_of_stock",
+    "insufficient_funds", "retry_exhausted"};
+
+const char *bench_scenario_name(bench_scenario s)
+{
+    return (unsigned)s < BENCH_SCENARIO_COUNT ? SCENARIOS[s] : "unknown";
+}
+
+bool bench_scenario_parse(const char *name, bench_scenario *out)
+{
+    for (int i = 0; i < BENCH_SCENARIO_COUNT; i++)
+        if (strcmp(name, SCENARIOS[i]) == 0) {
+            *out = (bench_scenario)i;
+            return true;
+        }
+    return false;
+}
+
+/* Errors are named after their status without the prefix: "commit_unknown". */
+const char *bench_outcome_name(int outcome)
+{
+    static const char *const errors[] = {
+#define BENCH_X_NAME(name, cls, text) #name,
+        PGTX_STATUS_MAP(BENCH_X_NAME)
+#undef BENCH_X_NAME
+    };
+    if (outcome >= 0 && outcome < BENCH_OUT_ERROR)
+        return REFUSALS[outcome];
+    if (outcome >= BENCH_OUT_ERROR && outcome < BENCH_OUTCOME_COUNT)
+        return errors[outcome - BENCH_OUT_ERROR];
+    return "unknown";
+}
+
+bool bench_strategy_is_safe(race_strategy s) { return s != RACE_NAIVE; }
+
+/* ---- set-up ------------------------------------------------------------- */
+
+/* No CHECK constraints on purpose: the strategies alone must keep the
+   invariants, so that a broken one shows in the check instead of an error. */
+static const char COUNTER_TABLES[] =
+    "DROP TABLE IF EXISTS race_counter;"
+    "CREATE TABLE race_counter (id int PRIMARY KEY, value bigint NOT NULL,"
+    " version bigint NOT NULL DEFAULT 0);"
+    "INSERT INTO race_counter (id, value) SELECT g, 0 FROM generate_series(1, %d) g";
+
+static const char COUPON_TABLES[] =
+    "DROP TABLE IF EXISTS race_claim, race_coupon;"
+    "CREATE TABLE race_coupon (id int PRIMARY KEY, quantity bigint NOT NULL,"
+    " remaining bigint NOT NULL, version bigint NOT NULL DEFAULT 0);"
+    "CREATE TABLE race_claim (coupon_id int NOT NULL, account_id bigint NOT NULL,"
+    " UNIQUE (coupon_id, account_id));"
+    "INSERT INTO race_coupon (id, quantity, remaining) VALUES (1, %lld, %lld)";
+
+static const char ORDER_TABLES[] =
+    "DROP TABLE IF EXISTS race_order, race_ledger, race_account, race_product;"
+    "CREATE TABLE race_product (id int PRIMARY KEY, price bigint NOT NULL,"
+    " stock bigint NOT NULL, initial_stock bigint NOT NULL,"
+    " version bigint NOT NULL DEFAULT 0);"
+    "CREATE TABLE race_account (id bigint PRIMARY KEY, balance bigint NOT NULL,"
+    " version bigint NOT NULL DEFAULT 0);"
+    "CREATE TABLE race_ledger (id bigserial PRIMARY KEY, account_id bigint NOT NULL,"
+    " amount bigint NOT NULL);"
+    "CREATE TABLE race_order (id bigserial PRIMARY KEY, account_id bigint NOT NULL,"
+    " product_id int NOT NULL, quantity bigint NOT NULL, unit_price bigint NOT NULL);"
+    "INSERT INTO race_product (id, price, stock, initial_stock)"
+    " VALUES (1, %d, %lld, %lld);"
+    /* every 5th account cannot afford even one */
+    "INSERT INTO race_account (id, balance) SELECT g,"
+    " CASE WHEN g %% 5 = 0 THEN %d ELSE %d END FROM generate_series(1, %d) g;"
+    "INSERT INTO race_ledger (account_id, amount) SELECT id, balance FROM race_account";
+
+static int64_t coupon_accounts(const bench_config *cfg)
+{
+    /* Twice the coupons, so that it runs out and some claims repeat. */
+    return cfg->quantity * 2 > 1000 ? cfg->quantity * 2 : 1000;
+}
+
+bool bench_setup(PGconn *admin, const bench_config *cfg, char *err, size_t errlen)
+{
+    char sql[2048];
+    long long q = (long long)cfg->quantity, s = (long long)cfg->stock;
+    switch (cfg->scenario) {
+    case BENCH_COUNTER:
+    case BENCH_SPREAD:
+        snprintf(sql, sizeof sql, COUNTER_TABLES,
+                 cfg->scenario == BENCH_SPREAD ? BENCH_SPREAD_ROWS : 1);
+        break;
+    case BENCH_COUPON:
+        snprintf(sql, sizeof sql, COUPON_TABLES, q, q);
+        break;
+    default:
+        snprintf(sql, sizeof sql, ORDER_TABLES, BENCH_PRICE, s, s, BENCH_PRICE - 1,
+                 5 * BENCH_PRICE, BENCH_ORDER_ACCOUNTS);
+        break;
+    }
+    PGresult *r = PQexec(admin, sql);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        snprintf(err, errlen, "setting up the %s tables: %s",
+                 bench_scenario_name(cfg->scenario), PQerrorMessage(admin));
+    PQclear(r);
+    return ok;
+}
+
+void bench_op_init(bench_op *op, const bench_config *cfg, race_strategy st,
+                   uint64_t random)
+{
+    memset(op, 0, sizeof *op);
+    op->strategy = st;
+    op->row = 1;
+    if (cfg->scenario == BENCH_SPREAD)
+        op->row = 1 + (int64_t)(random % BENCH_SPREAD_ROWS);
+    else if (cfg->scenario == BENCH_COUPON)
+        op->account = 1 + (int64_t)(random % (uint64_t)coupon_accounts(cfg));
+    else if (cfg->scenario == BENCH_ORDER)
+        op->account = 1 + (int64_t)(random % BENCH_ORDER_ACCOUNTS);
+}
+
+/* ---- helpers for the transaction bodies --------------------------------- */
+
+typedef struct num {
+    char s[24];
+} num;
+
+static num num_of(int64_t v)
+{
+    num n;
+    snprintf(n.s, sizeof n.s, "%lld", (long long)v);
+    return n;
+}
+
+/* Run a query and read the first `ncols` columns of its first row, if any. */
+static pgtx_status read_row(pgtx_tx *tx, const char *sql, int np,
+                            const char *const *params, int64_t *cols, int ncols,
+                            bool *found, pgtx_error *err)
+{
+    PGresult *r = NULL;
+    pgtx_status st = pgtx_query(tx, sql, np, params, &r, err);
+    if (st != PGTX_OK)
+        return st;
+    *found = PQntuples(r) > 0;
+    for (int i = 0; *found && i < ncols && st == PGTX_OK; i++)
+        if (pgtx_result_int64(r, 0, i, &cols[i]) != PGTX_OK)
+            st = pgtx_fail(err, PGTX_SQL, "column %d of \"%.60s\" is not an integer",
+                           i, sql);
+    PQclear(r);
+    return st;
+}
+
+static pgtx_status read_existing(pgtx_tx *tx, const char *sql, int np,
+                                 const char *const *params, int64_t *cols,
+                                 int ncols, pgtx_error *err)
+{
+    bool found = false;
+    pgtx_status st = read_row(tx, sql, np, params, cols, ncols, &found, err);
+    if (st == PGTX_OK && !found)
+        st = pgtx_fail(err, PGTX_SQL, "no row for \"%.60s\"", sql);
+    return st;
+}
+
+/* Record a business refusal and roll back. */
+static pgtx_status refuse(bench_op *op, bench_outcome why, pgtx_error *err)
+{
+    op->refusal = why;
+    return pgtx_fail(err, PGTX_ABORTED, "%s", bench_outcome_name((int)why));
+}
+
+/* The read of a read-modify-write: FOR UPDATE only for the lock strategy. */
+static const char *pick_read(const bench_op *op, const char *plain,
+                             const char *locked)
+{
+    return op->strategy == RACE_LOCK ? locked : plain;
+}
+
+/*
+ * The write of a read-modify-write.  `versioned` is `plain` plus
+ * "AND version = $<np+1>": for the optimistic strategy a stale version
+ * changes no row, and pgtx_query_expect turns that into STALE, which the
+ * runner retries.
+ */
+static pgtx_status write_row(pgtx_tx *tx, const bench_op *op, const char *plain,
+                             const char *versioned, int np,
+                             const char *const *params, pgtx_error *err)
+{
+    if (op->strategy == RACE_OPTIMISTIC)
+        return pgtx_query_expect(tx, versioned, np + 1, params, 1, NULL, err);
+    return pgtx_query_expect(tx, plain, np, params, 1, NULL, err);
+}
+
+/* ---- counter and spread: value = value + 1 on one row ------------------- */
+
+#define COUNTER_READ "SELECT value, version FROM race_counter WHERE id = $1"
+#define COUNTER_WRITE                                                          \
+    "UPDATE race_counter SET value = $2, version = version + 1 WHERE id = $1"
+#define COUNTER_ATOMIC                                                         \
+    "UPDATE race_counter SET value = value + 1, version = version + 1 "        \
+    "WHERE id = $1 RETURNING value"
+
+static pgtx_status counter_rmw(pgtx_tx *tx, void *arg, pgtx_error *err)
+{
+    bench_op *op = arg;
+    op->refusal = BENCH_OUT_COMMITTED;
+    int64_t cur[2]; /* value, version */
+    num id = num_of(op->row), value, version;
+    const char *params[] = {id.s, value.s, version.s};
+    pgtx_status st = read_existing(
+        tx, pick_read(op, COUNTER_READ, COUNTER_READ " FOR UPDATE"), 1, params,
+        cur, 2, err);
+    if (st != PGTX_OK)
+        return st;
+    value = num_of(cur[0] + 1); /* the computation "in the application" */
+    version = num_of(cur[1]);
+    return write_row(tx, op, COUNTER_WRITE, COUNTER_WRITE " AND version = $3", 2,
+                     params, err);
+}
+
+static pgtx_status counter_atomic(pgtx_tx *tx, void *arg, pgtx_error *err)
+{
+    bench_op *op = arg;
+    op->refusal = BENCH_OUT_COMMITTED;
+    num id = num_of(op->row);
+    const char *params[] = {id.s};
+    return pgtx_query_expect(tx, COUNTER_ATOMIC, 1, params, 1, NULL, err);
+}
+
+/* ---- coupon: one claim per account, never more claims than coupons ------ */
+
+#define COUPON_READ "SELECT remaining, version FROM race_coupon WHERE id = 1"
+#define COUPON_CLAIM                                                           \
+    "INSERT INTO race_claim (coupon_id, account_id) VALUES (1, $1::bigint)"
+#define COUPON_WRITE                                                           \
+    "UPDATE race_coupon SET remaining = $1, version = version + 1 WHERE id = 1"
+/* One statement: the guarded decrement and the claim commit together. */
+#define COUPON_ATOMIC                                                          \
+    "WITH c AS (UPDATE race_coupon SET remaining = remaining - 1, "            \
+    "version = version + 1 WHERE id = 1 AND remaining > 0 RETURNING id) "      \
+    "INSERT INTO race_claim (coupon_id, account_id) SELECT id, $1::bigint FROM c"
+
+/* The claim row; a second claim by the same account is a refusal. */
+static pgtx_status coupon_insert_claim(pgtx_tx *tx, bench_op *op, const char *sql,
+                                       int64_t *inserted, pgtx_error *err)
+{
+    num account = num_of(op->account);
+    const char *params[] = {account.s};
+    PGresult *r = NULL;
+    pgtx_status st = pgtx_query(tx, sql, 1, params, &r, err);
+    if (st == PGTX_UNIQUE_VIOLATION)
+        return refuse(op, BENCH_OUT_COUPON_ALREADY_CLAIMED, err);
+    if (st != PGTX_OK)
+        return st;
+    *inserted = pgtx_result_affected(r);
+    PQclear(r);
+    return PGTX_OK;
+}
+
+static pgtx_status coupon_rmw(pgtx_tx *tx, void *arg, pgtx_error *err)
+{
+    bench_op *op = arg;
+    op->refusal = BENCH_OUT_COMMITTED;
+    int64_t cur[2], inserted = 0; /* remaining, version */
+    pgtx_status st = read_existing(
+        tx, pick_read(op, COUPON_READ, COUPON_READ " FOR UPDATE"), 0, NULL, cur,
+        2, err);
+    if (st != PGTX_OK)
+        return st;
+    if (cur[0] <= 0)
+        return refuse(op, BENCH_OUT_COUPON_EXHAUSTED, err);
+    st = coupon_insert_claim(tx, op, COUPON_CLAIM, &inserted, err);
+    if (st != PGTX_OK)
+        return st;
+    num remaining = num_of(cur[0] - 1), version = num_of(cur[1]);
+    const char *params[] = {remaining.s, version.s};
+    return write_row(tx, op, COUPON_WRITE, COUPON_WRITE " AND version = $2", 1,
+                     params, err);
+}
+
+static pgtx_status coupon_atomic(pgtx_tx *tx, void *arg, pgtx_error *err)
+{
+    bench_op *op = arg;
+    op->refusal = BENCH_OUT_COMMITTED;
+    int64_t inserted = 0;
+    pgtx_status st = coupon_insert_claim(tx, op, COUPON_ATOMIC, &inserted, err);
+    if (st == PGTX_OK && inserted == 0)
+        return refuse(op, BENCH_OUT_COUPON_EXHAUSTED, err);
+    return st;
+}
+
+/* ---- order: stock, balance, order row and ledger row, all or nothing ---- */
+
+#define ORDER_READ_PRODUCT                                                     \
+    "SELECT stock, price, version FROM race_product WHERE id = 1"
+#define ORDER_READ_ACCOUNT                                                     \
+    "SELECT balance, version FROM race_account WHERE id = $1"
+#define ORDER_WRITE_PRODUCT                                                    \
+    "UPDATE race_product SET stock = $1, version = version + 1 WHERE id = 1"
+#define ORDER_WRITE_ACCOUNT                                                    \
+    "UPDATE race_account SET balance = $2, version = version + 1 WHERE id = $1"
+#define ORDER_ATOMIC_PRODUCT                                                   \
+    "UPDATE race_product SET stock = stock - 1, version = version + 1 "        \
+    "WHERE id = 1 AND stock >= 1 RETURNING price"
+#define ORDER_ATOMIC_ACCOUNT                                                   \
+    "UPDATE race_account SET balance = balance - $2::bigint, "                 \
+    "version = version + 1 WHERE id = $1 AND balance >= $2::bigint "           \
+    "RETURNING balance"
+#define ORDER_RECORD                                                           \
+    "WITH o AS (INSERT INTO race_order (account_id, product_id, quantity, "    \
+    "unit_price) VALUES ($1::bigint, 1, 1, $2::bigint)) "                      \
+    "INSERT INTO race_ledger (account_id, amount) VALUES ($1::bigint, -$2::bigint)"
+
+/* The order row and the debit in the ledger, in one round trip. */
+static pgtx_status order_record(pgtx_tx *tx, const bench_op *op, pgtx_error *err)
+{
+    num account = num_of(op->account), price = num_of(op->price);
+    const char *params[] = {account.s, price.s};
+    return pgtx_query(tx, ORDER_RECORD, 2, params, NULL, err);
+}
+
+/* Read, check and write the product's stock; sets op->price. */
+static pgtx_status order_take_stock(pgtx_tx *tx, bench_op *op, pgtx_error *err)
+{
+    int64_t cur[3]; /* stock, price, version */
+    pgtx_status st = read_existing(
+        tx, pick_read(op, ORDER_READ_PRODUCT, ORDER_READ_PRODUCT " FOR UPDATE"),
+        0, NULL, cur, 3, err);
+    if (st != PGTX_OK)
+        return st;
+    if (cur[0] < 1)
+        return refuse(op, BENCH_OUT_OUT_OF_STOCK, err);
+    op->price = cur[1];
+    num stock = num_of(cur[0] - 1), version = num_of(cur[2]);
+    const char *params[] = {stock.s, version.s};
+    return write_row(tx, op, ORDER_WRITE_PRODUCT,
+                     ORDER_WRITE_PRODUCT " AND version = $2", 1, params, err);
+}
+
+/* Read, check and write the buyer's balance. */
+static pgtx_status order_debit(pgtx_tx *tx, bench_op *op, pgtx_error *err)
+{
+    int64_t cur[2]; /* balance, version */
+    num id = num_of(op->account), balance, version;
+    const char *params[] = {id.s, balance.s, version.s};
+    pgtx_status st = read_existing(
+        tx, pick_read(op, ORDER_READ_ACCOUNT, ORDER_READ_ACCOUNT " FOR UPDATE"),
+        1, params, cur, 2, err);
+    if (st != PGTX_OK)
+        return st;
+    if (cur[0] < op->price)
+        return refuse(op, BENCH_OUT_INSUFFICIENT_FUNDS, err);
+    balance = num_of(cur[0] - op->price);
+    version = num_of(cur[1]);
+    return write_row(tx, op, ORDER_WRITE_ACCOUNT,
+                     ORDER_WRITE_ACCOUNT " AND version = $3", 2, params, err);
+}
+
+/* Product first, then account, in every strategy: one lock order, so the
+   lock strategy cannot deadlock with itself. */
+static pgtx_status order_rmw(pgtx_tx *tx, void *arg, pgtx_error *err)
+{
+    bench_op *op = arg;
+    op->refusal = BENCH_OUT_COMMITTED;
+    pgtx_status st = order_take_stock(tx, op, err);
+    if (st == PGTX_OK)
+        st = order_debit(tx, op, err);
+    return st == PGTX_OK ? order_record(tx, op, err) : st;
+}
+
+static pgtx_status order_atomic(pgtx_tx *tx, void *arg, pgtx_error *err)
+{
+    bench_op *op = arg;
+    op->refusal = BENCH_OUT_COMMITTED;
+    int64_t price = 0, balance = 0;
+    bool found = false;
+    pgtx_status st = read_row(tx, ORDER_ATOMIC_PRODUCT, 0, NULL, &price, 1,
+                              &found, err);
+    if (st != PGTX_OK)
+        return st;
+    if (!found)
+        return refuse(op, BENCH_OUT_OUT_OF_STOCK, err);
+    op->price = price;
+    num id = num_of(op->account), amount = num_of(price);
+    const char *params[] = {id.s, amount.s};
+    st = read_row(tx, ORDER_ATOMIC_ACCOUNT, 2, params, &balance, 1, &found, err);
+    if (st != PGTX_OK)
+        return st;
+    if (!found)
+        return refuse(op, BENCH_OUT_INSUFFICIENT_FUNDS, err);
+    return order_record(tx, op, err);
+}
+
+pgtx_tx_fn bench_tx_fn(bench_scenario s, race_strategy st)
+{
+    /* naive and serializable share the code; only the engine differs */
+    bool atomic = st == RACE_ATOMIC;
+    switch (s) {
+    case BENCH_COUPON:
+        return atomic ? coupon_atomic : coupon_rmw;
+    case BENCH_ORDER:
+        return atomic ? order_atomic : order_rmw;
+    default:
+        return atomic ? counter_atomic : counter_rmw;
+    }
+}
+
+/* ---- pgbench scripts: the atomic strategy's SQL ------------------------- */
+
+/* pgbench aborts a client on any error, so a repeated account must not
+   raise one: accounts come from a range where repeats are rare, and
+   ON CONFLICT makes the rare one harmless. */
+static const char PGBENCH_COUPON[] =
+    "\\set a random(1, 1000000000)\n"
+    "WITH c AS (UPDATE race_coupon SET remaining = remaining - 1, "
+    "version = version + 1 WHERE id = 1 AND remaining > 0 RETURNING id) "
+    "INSERT INTO race_claim (coupon_id, account_id) SELECT id, :a FROM c "
+    "ON CONFLICT DO NOTHING;\n";
+
+/* \gset and \if give pgbench the same branches as order_atomic().  With
+   -M prepared a variable is a parameter of unknown type: cast where the
+   operator alone cannot tell. */
+static const char PGBENCH_ORDER[] =
+    "\\set a random(1, %d)\n"
+    "BEGIN;\n"
+    "WITH u AS (UPDATE race_product SET stock = stock - 1, version = version + 1 "
+    "WHERE id = 1 AND stock >= 1 RETURNING price) "
+    "SELECT count(*) AS n, coalesce(max(price), 0) AS p FROM u \\gset\n"
+    "\\if :n\n"
+    "WITH u AS (UPDATE race_account SET balance = balance - :p, "
+    "version = version + 1 WHERE id = :a AND balance >= :p RETURNING balance) "
+    "SELECT count(*) AS m FROM u \\gset\n"
+    "\\if :m\n"
+    "WITH o AS (INSERT INTO race_order (account_id, product_id, quantity, "
+    "unit_price) VALUES (:a, 1, 1, :p)) "
+    "INSERT INTO race_ledger (account_id, amount) VALUES (:a, -(:p::bigint));\n"
+    "COMMIT;\n"
+    "\\else\nROLLBACK;\n\\endif\n"
+    "\\else\nROLLBACK;\n\\endif\n";
+
+void bench_pgbench_script(const bench_config *cfg, char *buf, size_t len)
+{
+    switch (cfg->scenario) {
+    case BENCH_COUPON:
+        snprintf(buf, len, "%s", PGBENCH_COUPON);
+        break;
+    case BENCH_ORDER:
+        snprintf(buf, len, PGBENCH_ORDER, BENCH_ORDER_ACCOUNTS);
+        break;
+    case BENCH_SPREAD:
+        snprintf(buf, len, "\\set r random(1, %d)\n%s;\n", BENCH_SPREAD_ROWS,
+                 "UPDATE race_counter SET value = value + 1, version = version + 1 "
+                 "WHERE id = :r");
+        break;
+    default:
+        snprintf(buf, len, "%s;\n",
+                 "UPDATE race_counter SET value = value + 1, version = version + 1 "
+                 "WHERE id = 1");
+        break;
+    }
+}
+
+/* ---- invariants --------------------------------------------------------- */
+
+/* Run a one-row query on the set-up connection and read n integers. */
+static bool query_ints(PGconn *admin, const char *sql, int64_t *out, int n,
+                       char *err, size_t errlen)
+{
+    PGresult *r = PQexec(admin, sql);
+    bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+    for (int i = 0; ok && i < n; i++)
+        ok = pgtx_result_int64(r, 0, i, &out[i]) == PGTX_OK;
+    if (!ok)
+        snprintf(err, errlen, "checking the invariants: %s",
+                 PQresultStatus(r) == PGRES_TUPLES_OK ? "unexpected result"
+                                                      : PQerrorMessage(admin));
+    PQclear(r);
+    return ok;
+}
+
+/* The first broken invariant wins: it is the one the table shows. */
+static void verdict(bench_result *r, bool holds, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void verdict(bench_result *r, bool holds, const char *fmt, ...)
+{
+    if (holds || !r->correct)
+        return;
+    r->correct = false;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->detail, sizeof r->detail, fmt, ap);
+    va_end(ap);
+}
+
+/* A COMMIT whose outcome is unknown may or may not be in the database. */
+static bool matches_committed(const bench_result *r, int64_t found)
+{
+    int64_t committed = r->outcomes[BENCH_OUT_COMMITTED];
+    int64_t unknown = r->outcomes[BENCH_OUT_ERROR + PGTX_COMMIT_UNKNOWN];
+    return found >= committed && found <= committed + unknown;
+}
+
+static bool check_counter(PGconn *admin, bench_result *r, char *err, size_t errlen)
+{
+    int64_t sum = 0;
+    if (!query_ints(admin, "SELECT coalesce(sum(value), 0) FROM race_counter",
+                    &sum, 1, err, errlen))
+        return false;
+    r->final = sum;
+    long long c = (long long)r->outcomes[BENCH_OUT_COMMITTED];
+    verdict(r, matches_committed(r, sum),
+            "counter total is %lld but %lld increments committed (%lld %s)",
+            (long long)sum, c, sum < c ? c - (long long)sum : (long long)sum - c,
+            sum < c ? "lost" : "too many");
+    return true;
+}
+
+static bool check_coupon(PGconn *admin, bench_result *r, char *err, size_t errlen)
+{
+    int64_t v[4]; /* quantity, remaining, claims, duplicates */
+    if (!query_ints(admin,
+                    "SELECT quantity, remaining, (SELECT count(*) FROM race_claim),"
+                    " (SELECT count(*) - count(DISTINCT (coupon_id, account_id))"
+                    " FROM race_claim) FROM race_coupon WHERE id = 1",
+                    v, 4, err, errlen))
+        return false;
+    long long q = (long long)v[0], rem = (long long)v[1], n = (long long)v[2];
+    r->final = v[2];
+    verdict(r, v[3] == 0, "%lld duplicate claims", (long long)v[3]);
+    verdict(r, n <= q, "%lld claims of a coupon limited to %lld", n, q);
+    verdict(r, rem + n == q, "remaining %lld + claims %lld != quantity %lld", rem, n, q);
+    verdict(r, matches_committed(r, v[2]), "%lld claims stored but %lld committed", n,
+            (long long)r->outcomes[BENCH_OUT_COMMITTED]);
+    verdict(r, r->outcomes[BENCH_OUT_COUPON_EXHAUSTED] == 0 || rem == 0,
+            "claims refused as exhausted while %lld remain", rem);
+    return true;
+}
+
+static bool check_order(PGconn *admin, bench_result *r, char *err, size_t errlen)
+{
+    int64_t v[6]; /* stock, initial, sold, orders, negative, unbalanced */
+    if (!query_ints(admin,
+                    "SELECT stock, initial_stock,"
+                    " (SELECT coalesce(sum(quantity), 0) FROM race_order),"
+                    " (SELECT count(*) FROM race_order),"
+                    " (SELECT count(*) FROM race_account WHERE balance < 0),"
+                    " (SELECT count(*) FROM race_account a LEFT JOIN"
+                    "  (SELECT account_id, sum(amount) AS s FROM race_ledger"
+                    "   GROUP BY account_id) l ON l.account_id = a.id"
+                    "  WHERE a.balance <> coalesce(l.s, 0))"
+                    " FROM race_product WHERE id = 1",
+                    v, 6, err, errlen))
+        return false;
+    long long stock = (long long)v[0], sold = (long long)v[2];
+    r->final = v[3];
+    verdict(r, stock >= 0, "stock is %lld", stock);
+    verdict(r, stock + sold == v[1], "stock %lld + sold %lld != initial %lld", stock,
+            sold, (long long)v[1]);
+    verdict(r, v[4] == 0, "%lld accounts below zero", (long long)v[4]);
+    verdict(r, v[5] == 0, "%lld balances differ from their ledger", (long long)v[5]);
+    verdict(r, matches_committed(r, v[3]), "%lld orders stored but %lld committed",
+            (long long)v[3], (long long)r->outcomes[BENCH_OUT_COMMITTED]);
+    verdict(r, r->outcomes[BENCH_OUT_OUT_OF_STOCK] == 0 || stock == 0,
+            "orders refused as out of stock while %lld are left", stock);
+    return true;
+}
+
+bool bench_check(PGconn *admin, const bench_config *cfg, bench_result *r,
+                 char *err, size_t errlen)
+{
+    r->correct = true;
+    bool ok;
+    if (cfg->scenario == BENCH_COUPON)
+        ok = check_coupon(admin, r, err, errlen);
+    else if (cfg->scenario == BENCH_ORDER)
+        ok = check_order(admin, r, err, errlen);
+    else
+        ok = check_counter(admin, r, err, errlen);
+    if (ok && r->correct)
+        snprintf(r->detail, sizeof r->detail, "all invariants hold");
+    return ok;
+}

@@ -1,0 +1,75 @@
+#!/bin/sh
+# test_race_bench.sh — smoke test of `pgtx-race bench`: every scenario and strategy for 1 s, then checks that the report tells the truth.
+# usage: test_race_bench.sh PGTX_RACE_BINARY   (database: PGTX_TEST_DSN, else libpq's PG* environment)
+set -eu
+BIN=$1
+DB=${PGTX_TEST_DSN:-} # "" means libpq's environment, never the embedded cluster
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Bad options exit 2 before any database is touched.
+for bad in "--scenario nope" "--clients 0" "--clients 257" "--clients 8,x" \
+           "--strategy fast" "--duration soon" "--ops 0" "--pool-size" "--bogus"; do
+  rc=0
+  # shellcheck disable=SC2086 # each case is several words on purpose
+  "$BIN" bench $bad >"$tmp/out" 2>"$tmp/err" || rc=$?
+  if [ "$rc" -ne 2 ] || [ ! -s "$tmp/err" ]; then
+    echo "FAIL: 'bench $bad' exited $rc (want 2 and a message)"; exit 1
+  fi
+done
+"$BIN" bench --help | grep -q -- '--pgbench'
+echo "bad options: exit 2"
+
+check() { # check FILE.json: what every run must satisfy
+  python3 - "$1" <<'EOF'
+import json, shutil, sys
+doc = json.load(open(sys.argv[1]))
+sc, pool = doc["scenario"], doc["pool_size"]
+runs = doc["runs"]
+assert {r["strategy"] for r in runs} == {"naive", "atomic", "lock", "optimistic", "serializable"}, runs
+for r in runs:
+    who = "%s/%s/%d" % (sc, r["strategy"], r["clients"])
+    assert r["ops"] == r["committed"] + r["refused"] + r["errors"], who
+    # the flag is the check's verdict: a visible mismatch is never "correct"
+    if r["final"] != r["committed"]:
+        assert not r["correct"], who + " reports correct with final != committed"
+    if sc in ("counter", "spread"):
+        assert r["correct"] == (r["final"] == r["committed"]), who
+    if r["safe"]:
+        assert r["correct"], who + ": " + r["detail"]
+        assert r["committed"] > 0, who
+        assert r["errors"] == 0 and r["failures"]["retry_exhausted"] == 0, (who, r["error_sample"])
+        if sc == "coupon":
+            assert r["committed"] == doc["quantity"], who  # the coupon ran out, exactly
+        if sc == "order":
+            assert r["committed"] == doc["stock"], who
+    # one shared pool: never more than --pool-size, plus the set-up connection
+    assert r["connections_created"] <= pool, who
+    assert 1 <= r["max_backends"] <= pool + 1, (who, r["max_backends"])
+    lat = r["latency_ms"]
+    assert lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"], who
+    if doc["pgbench"] and shutil.which("pgbench"):
+        assert r["vs_pgbench"] is not None and r["vs_pgbench"] > 0, (who, doc["pgbench_note"])
+assert doc["all_safe_correct"]
+naive = [r for r in runs if r["strategy"] == "naive"][0]
+print("%-8s ok: naive %s (%s)" % (sc, "correct" if naive["correct"] else "NO", naive["detail"]))
+EOF
+}
+
+for sc in counter coupon order spread; do
+  extra=""
+  if [ "$sc" = counter ]; then extra="--plot $tmp/plot.svg --pgbench"; fi
+  # shellcheck disable=SC2086
+  "$BIN" bench --database "$DB" --scenario "$sc" --strategy all --clients 8 \
+      --pool-size 4 --duration 1 --json $extra >"$tmp/$sc.json"
+  check "$tmp/$sc.json"
+done
+grep -q '<svg' "$tmp/plot.svg"
+grep -q 'pgbench, atomic SQL\|p99 latency' "$tmp/plot.svg"
+echo "plot: ok"
+
+# --ops: the count is exact, and the table form prints one row per run.
+"$BIN" bench --database "$DB" --strategy atomic,lock --clients 1,4 --ops 200 >"$tmp/table"
+cat "$tmp/table"
+[ "$(grep -c '^| \(atomic\|lock\) .* | yes .* | *200 |' "$tmp/table")" -eq 4 ]
+echo "test_race_bench: all ok"
