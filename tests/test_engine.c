@@ -149,15 +149,23 @@ static void read_only_and_timeouts_are_transaction_local(void **state)
     assert_string_equal(show(def, "SHOW lock_timeout", NULL), "0");
     assert_string_equal(show(def, "SHOW transaction_read_only", NULL), "off");
 
-    /* A lock held elsewhere: lock_timeout and NOWAIT are both classified. */
+    /* A lock held elsewhere: lock_timeout and NOWAIT are both classified,
+       and SKIP LOCKED passes over the held row without an error. */
+    snprintf(sql, sizeof sql, "INSERT INTO %s VALUES (2)", tbl);
+    assert_int_equal(run_sql(def, sql, &err), PGTX_OK);
     /* A row lock, not a table lock: ACCESS EXCLUSIVE would block parsing. */
-    h_execf(admin, "BEGIN; SELECT * FROM %s FOR UPDATE", tbl);
+    h_execf(admin, "BEGIN; SELECT * FROM %s WHERE x = 1 FOR UPDATE", tbl);
     snprintf(sql, sizeof sql, "SELECT * FROM %s FOR UPDATE", tbl);
     assert_int_equal(run_sql(quick, sql, &err), PGTX_LOCK_NOT_AVAILABLE);
     assert_string_equal(err.sqlstate, "55P03");
     snprintf(sql, sizeof sql, "SELECT * FROM %s FOR UPDATE NOWAIT", tbl);
     assert_int_equal(run_sql(def, sql, &err), PGTX_LOCK_NOT_AVAILABLE);
+    snprintf(sql, sizeof sql,
+             "SELECT string_agg(x::text, ',' ORDER BY x) FROM (SELECT x FROM %s FOR UPDATE SKIP LOCKED) s",
+             tbl);
+    assert_string_equal(show(def, sql, NULL), "2");
     h_exec(admin, "ROLLBACK");
+    assert_string_equal(show(def, sql, NULL), "1,2");
     h_execf(admin, "DROP TABLE %s", tbl);
     pgtx_engine_destroy(ro);
     pgtx_engine_destroy(quick);
