@@ -112,6 +112,35 @@ static void waiters_are_served_first_come_first_served(void **state)
     pgtx_pool_destroy(pool);
 }
 
+static void *return_conn(void *p)
+{
+    pgtx_pool_return(p);
+    return NULL;
+}
+
+/* A thread gets back the connection it returned last, even when another
+   thread returned one after it: client threads stay paired with backends. */
+static void a_thread_gets_its_own_connection_back(void **state)
+{
+    (void)state;
+    pgtx_pool *pool = h_pool(2, 0, "pool-affinity");
+    pgtx_conn *mine = checkout_ok(pool), *other = checkout_ok(pool);
+    int my_pid = backend_pid(mine), other_pid = backend_pid(other);
+    pgtx_pool_return(mine);
+    /* Another thread returns its connection later: it heads the idle list. */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, return_conn, other), 0);
+    pthread_join(t, NULL);
+    pgtx_conn *again = checkout_ok(pool);
+    assert_int_equal(backend_pid(again), my_pid);
+    /* Its own one taken, it gets the most recently returned. */
+    pgtx_conn *next = checkout_ok(pool);
+    assert_int_equal(backend_pid(next), other_pid);
+    pgtx_pool_return(again);
+    pgtx_pool_return(next);
+    pgtx_pool_destroy(pool);
+}
+
 static void killed_idle_connection_is_replaced(void **state)
 {
     (void)state;
@@ -407,6 +436,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(exhaustion_times_out_then_recovers),
         cmocka_unit_test(waiters_are_served_first_come_first_served),
+        cmocka_unit_test(a_thread_gets_its_own_connection_back),
         cmocka_unit_test(killed_idle_connection_is_replaced),
         cmocka_unit_test(return_rolls_back_an_open_transaction),
         cmocka_unit_test(connection_killed_while_borrowed_is_discarded),

@@ -479,9 +479,33 @@ typedef enum take_result { TAKE_NONE, TAKE_IDLE, TAKE_CONNECT } take_result;
 
 /* With mu held, and this thread first in line: take an idle connection or
    the right to open one. */
+/* The connection this thread returned last, by pool and id (never
+   dereferenced: it may be gone).  Handing a thread back its own connection
+   keeps each client thread paired with one backend, as a thread with its own
+   connection would be; the scheduler then keeps each pair warm. */
+static _Thread_local struct {
+    const pgtx_pool *pool;
+    uint64_t conn_id;
+} last_returned;
+
+/* The idle connection to hand out: this thread's own if it is idle (looked
+   for among the first few only, to keep the lock short), else the most
+   recently returned. */
+static pgtx_conn *pick_idle_locked(const pgtx_pool *pool)
+{
+    pgtx_conn *head = pool->lists[CONN_IDLE].head;
+    if (last_returned.pool != pool)
+        return head;
+    int looked = 0;
+    for (pgtx_conn *c = head; c && looked < 16; c = c->next, looked++)
+        if (c->id == last_returned.conn_id)
+            return c;
+    return head;
+}
+
 static take_result take_locked(pgtx_pool *pool, int64_t now, pgtx_conn **out)
 {
-    pgtx_conn *c = pool->lists[CONN_IDLE].head;
+    pgtx_conn *c = pick_idle_locked(pool);
     if (c) {
         conn_move(c, CONN_IDLE, CONN_USED);
         *out = c;
@@ -719,6 +743,8 @@ void pgtx_pool_return(pgtx_conn *c)
     bool overflow = pool_open_count(pool) > pool->cfg.pool_size && pool->n_waiting == 0;
     bool keep = reusable && !pool->closed && now < c->expires_us && !overflow;
     if (keep) {
+        last_returned.pool = pool;
+        last_returned.conn_id = c->id;
         c->last_used_us = now;
         conn_move(c, CONN_USED, CONN_IDLE);
         pthread_cond_broadcast(&pool->drained);
