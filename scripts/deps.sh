@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   gcc clang make cmake pkg-config python3
   libpq-dev libcmocka-dev
+  libmicrohttpd-dev libjansson-dev libsodium-dev curl
   postgresql postgresql-common postgresql-contrib
 )
 
