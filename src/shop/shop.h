@@ -1,0 +1,130 @@
+/*
+ * shop.h — the seams between pgtx-shop's parts.  Not a library: one header
+ * so that the HTTP side (server.c, http.c, config.c, metrics.c) and the
+ * domain side (app.c, routes, store, auth, migrate) agree on a few types.
+ *
+ *   main.c      config -> database (embedded or given) -> pool -> migrate
+ *               -> admin token -> app -> http server -> wait for a signal
+ *   http.c      libmicrohttpd glue: reads the request on the event thread,
+ *               suspends it, hands a shop_request to a bounded worker pool,
+ *               resumes with the shop_response.  Answers itself: 413, 503
+ *               when the queue is full, malformed framing, /healthz,
+ *               /metrics.  Everything else goes to shop_app_handle().
+ *   app.c       routing (404/405), auth, JSON validation, and one handler
+ *               per route that runs its transaction through pgtx_run with
+ *               the request's strategy.
+ *
+ * Ownership: a shop_request and everything it points to belong to http.c
+ * and live until shop_app_handle returns.  shop_response.body is malloc'ed
+ * by the app and freed by http.c after sending.
+ */
+#ifndef PGTX_SHOP_H
+#define PGTX_SHOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pgtx.h"
+
+/* ---- write strategies -------------------------------------------------- */
+
+typedef enum shop_strategy {
+    SHOP_ATOMIC,
+    SHOP_LOCK,
+    SHOP_OPTIMISTIC,
+    SHOP_SERIALIZABLE,
+    SHOP_NAIVE, /* unsafe, only with --allow-unsafe */
+    SHOP_STRATEGY_COUNT
+} shop_strategy;
+
+/* "atomic", ...; static. */
+const char *shop_strategy_name(shop_strategy s);
+/* Parses a strategy name (exact, lower case); false when unknown. */
+bool shop_strategy_parse(const char *name, shop_strategy *out);
+
+/* ---- configuration (config.c) ------------------------------------------ */
+
+typedef enum shop_log_level {
+    SHOP_LOG_ERROR,
+    SHOP_LOG_WARN,
+    SHOP_LOG_INFO,
+    SHOP_LOG_DEBUG
+} shop_log_level;
+
+typedef struct shop_config {
+    const char *database;     /* NULL: embedded local cluster */
+    const char *listen_host;  /* "127.0.0.1" */
+    int listen_port;          /* 8080; 0 picks a free port (printed) */
+    const char *admin_token;  /* NULL: generated/stored on first run */
+    const char *data_dir;     /* embedded cluster folder (PGTX_DATA_DIR) */
+    int threads;              /* worker threads */
+    int queue_size;           /* requests waiting for a worker, then 503 */
+    int pool_size;
+    int max_overflow;
+    int pool_timeout_ms;      /* checkout timeout -> 503 overloaded */
+    shop_strategy strategy;   /* default write strategy */
+    bool allow_unsafe;        /* accept naive */
+    shop_log_level log_level;
+    size_t max_body;          /* bytes, then 413 */
+} shop_config;
+
+/* ---- metrics (metrics.c; thread-safe) ----------------------------------- */
+
+typedef struct shop_metrics shop_metrics;
+
+typedef enum shop_tx_outcome {
+    SHOP_TX_COMMITTED,    /* committed (a business-rule 409 rolls back: FAILED) */
+    SHOP_TX_FAILED
+} shop_tx_outcome;
+
+/* One transaction run by a handler: its strategy, outcome and retries
+   (attempts - 1). */
+void shop_metrics_tx(shop_metrics *m, shop_strategy s, shop_tx_outcome o,
+                     int retries);
+
+/* ---- the app (app.c and friends) ---------------------------------------- */
+
+typedef struct shop_app shop_app;
+
+typedef struct shop_request {
+    const char *method;          /* "GET", "POST", ... */
+    const char *path;            /* "/v1/accounts/12", no query string */
+    const char *body;            /* not NUL-terminated; NULL when empty */
+    size_t body_len;
+    const char *authorization;   /* the header's value, or NULL */
+    const char *strategy;        /* Pgtx-Strategy, or NULL */
+    const char *idempotency_key; /* Idempotency-Key, or NULL */
+} shop_request;
+
+typedef struct shop_response {
+    int status;          /* HTTP status */
+    char *body;          /* malloc'ed JSON (owned by the response), or NULL */
+    int retries;         /* Pgtx-Retries; -1: no header (not a write) */
+    int retry_after;     /* seconds for Retry-After; 0: no header */
+    const char *route;   /* static label for logs/metrics: "POST /v1/orders";
+                            "unknown" when no route matched */
+    const char *strategy; /* static strategy name for logs, or NULL */
+} shop_response;
+
+/* The app borrows pool and metrics (they outlive it).  Creates its engines
+   (one per strategy that needs its own isolation level). */
+pgtx_status shop_app_create(pgtx_pool *pool, shop_metrics *metrics,
+                            const shop_config *cfg, const char *admin_token,
+                            shop_app **out, pgtx_error *err);
+void shop_app_destroy(shop_app *app);
+
+/* Handles one request; thread-safe; never fails: every outcome, including a
+   dead database, is an HTTP status in *res (never 500 for a client's input).
+   Called on a worker thread; may block on the database. */
+void shop_app_handle(shop_app *app, const shop_request *req,
+                     shop_response *res);
+
+/* ---- migrations (migrate.c) ---------------------------------------------- */
+
+/* Applies sql/NNN_*.sql not yet applied, in order, each in a transaction,
+   under an advisory lock so that processes starting together apply them
+   once.  The scripts are compiled into the binary. */
+pgtx_status shop_migrate(pgtx_pool *pool, pgtx_error *err);
+
+#endif
