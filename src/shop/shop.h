@@ -105,6 +105,8 @@ typedef struct shop_response {
     const char *route;   /* static label for logs/metrics: "POST /v1/orders";
                             "unknown" when no route matched */
     const char *strategy; /* static strategy name for logs, or NULL */
+    const char *allow;   /* static Allow header value for a 405 ("GET, POST"),
+                            or NULL; http.c sets it to NULL before the call */
 } shop_response;
 
 /* The app borrows pool and metrics (they outlive it).  Creates its engines
