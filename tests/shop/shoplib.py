@@ -1,0 +1,564 @@
+"""shoplib - the shared harness of pgtx-shop's end-to-end tests.
+
+The tests drive the real binary over HTTP on 127.0.0.1 and check the
+database with psql, from the contract (API.md) and the fixed table names:
+
+- Server: starts `pgtx-shop --database DSN --listen HOST:PORT --admin-token T`,
+  waits (with a deadline) for its `pgtx-shop: listening on http://HOST:PORT`
+  line, keeps its stderr in a file, and stops it with SIGTERM, requiring exit
+  0 within a deadline (SIGKILL only as a last resort, and that is a failure).
+- Client: one keep-alive http.client connection; Harness.client() hands each
+  thread its own.
+- create_account/product/coupon: fresh entities with names unique to the
+  test run; every id created is tracked, so that the invariant check and the
+  "nothing changed" snapshot look only at this test's rows (the database may
+  be shared with other test files running at the same time).
+- check_invariants(): the invariants of API.md as SQL over the fixed schema.
+
+Every loop is bounded in count and time; waits poll with deadlines.
+Standard library only.
+"""
+
+import concurrent.futures
+import http.client
+import itertools
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+STRATEGIES = ("atomic", "lock", "optimistic", "serializable")
+INT64_MAX = 2**63 - 1
+
+# The database: PGTX_TEST_DSN when set, else "" = libpq's PG* environment
+# (what scripts/with-pg.sh exports).  Never the embedded cluster.
+DSN = os.environ.get("PGTX_TEST_DSN", "")
+
+# Sanitizer builds run several times slower; deadlines stretch, sizes don't.
+SLOW = 3.0 if os.environ.get("ASAN_OPTIONS") or os.environ.get("PGTX_E2E_SLOW") else 1.0
+START_DEADLINE = 60.0 * SLOW   # until the "listening" line
+STOP_DEADLINE = 30.0 * SLOW    # from SIGTERM to exit
+HTTP_TIMEOUT = 60.0 * SLOW     # per socket operation
+
+LISTEN_RE = re.compile(r"^pgtx-shop: listening on http://([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)$")
+
+
+class TestFailure(Exception):
+    """A check failed: the message says what was expected and what came."""
+
+
+def fail(msg):
+    raise TestFailure(msg)
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg() if callable(msg) else msg)
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- psql -----
+
+def psql(script, timeout=60.0):
+    """Runs an SQL script with psql (unaligned, tuples only); returns stdout
+    lines.  Any SQL error fails the test."""
+    cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+    if DSN:
+        cmd += ["-d", DSN]
+    p = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        fail("psql failed (exit %d): %s\nscript:\n%s" % (p.returncode, p.stderr.strip(), script))
+    return [line for line in p.stdout.splitlines() if line != ""]
+
+
+def sql_json(*queries):
+    """Each query's rows as a list of dicts (one psql run for all)."""
+    script = "".join("SELECT coalesce(jsonb_agg(t), '[]'::jsonb) FROM (%s) t;\n" % q for q in queries)
+    lines = psql(script)
+    check(len(lines) == len(queries), "psql returned %d lines for %d queries" % (len(lines), len(queries)))
+    out = [json.loads(line) for line in lines]
+    return out if len(queries) > 1 else out[0]
+
+
+def id_array(ids):
+    return "'{%s}'::bigint[]" % ",".join(str(int(i)) for i in sorted(ids))
+
+
+# ---------------------------------------------------------------- HTTP -----
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers  # lower-case name -> value (last one wins)
+        self.body = body
+        self._json = None
+        self._parsed = False
+
+    @property
+    def json(self):
+        if not self._parsed:
+            self._parsed = True
+            try:
+                self._json = json.loads(self.body.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                self._json = None
+        return self._json
+
+    @property
+    def error_code(self):
+        j = self.json
+        if isinstance(j, dict) and isinstance(j.get("error"), dict):
+            return j["error"].get("code")
+        return None
+
+    @property
+    def retries(self):
+        v = self.headers.get("pgtx-retries")
+        if v is None:
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            return v
+
+    def __repr__(self):
+        body = self.body[:400].decode("utf-8", "replace")
+        return "HTTP %d %s" % (self.status, body)
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection (reopened after the server closes
+    it, e.g. after `Connection: close`).  Not thread-safe: one per thread."""
+
+    def __init__(self, host, port, timeout=HTTP_TIMEOUT):
+        self.host, self.port, self.timeout = host, port, timeout
+        self.conn = None
+        self.connects = 0
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def request(self, method, path, body=None, token=None, headers=None, raw=None):
+        """body: a JSON value to send; raw: bytes to send as is.  Raises
+        OSError / http.client.HTTPException on connection errors (the
+        connection is dropped; the next request opens a new one)."""
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.connects += 1
+        hdrs = {}
+        data = None
+        if raw is not None:
+            data = raw
+            hdrs["Content-Type"] = "application/json"
+        elif body is not None:
+            data = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        if token is not None:
+            hdrs["Authorization"] = "Bearer " + token
+        if headers:
+            hdrs.update(headers)
+        try:
+            self.conn.request(method, path, body=data, headers=hdrs)
+            resp = self.conn.getresponse()
+            payload = resp.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        r = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
+        if resp.will_close:
+            self.close()
+        return r
+
+
+def raw_exchange(host, port, data, timeout=HTTP_TIMEOUT):
+    """Sends raw bytes on a fresh socket; returns the parsed first response
+    (or raises on a connection error)."""
+    s = socket.create_connection((host, port), timeout=timeout)
+    try:
+        s.sendall(data)
+        resp = http.client.HTTPResponse(s, method="POST")
+        resp.begin()
+        payload = resp.read()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
+    finally:
+        s.close()
+
+
+# -------------------------------------------------------------- servers -----
+
+class Server:
+    """One pgtx-shop process."""
+
+    _seq = itertools.count(1)
+
+    def __init__(self, harness, listen="127.0.0.1:0", extra=(), name=None):
+        self.h = harness
+        self.listen = listen
+        self.extra = list(extra)
+        self.name = name or "server%d" % next(Server._seq)
+        self.proc = None
+        self.host = self.port = None
+        self.stdout_lines = []
+        self._cv = threading.Condition()
+        self._eof = False
+        self.log_path = None
+
+    @property
+    def addr(self):
+        return (self.host, self.port)
+
+    def start(self):
+        fd, self.log_path = tempfile.mkstemp(prefix="pgtx-shop-e2e-%s-" % self.name, suffix=".log")
+        self.stdout_lines, self._eof = [], False
+        cmd = [self.h.binary, "--database", DSN, "--listen", self.listen,
+               "--admin-token", self.h.admin_token] + self.extra
+        with os.fdopen(fd, "wb") as logf:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=logf, start_new_session=True)
+        if self not in self.h.servers:
+            self.h.servers.append(self)
+        threading.Thread(target=self._drain, name="drain-" + self.name, daemon=True).start()
+        deadline = time.monotonic() + START_DEADLINE
+        with self._cv:
+            while not self.stdout_lines:
+                if self._eof:
+                    rc = self.proc.wait(timeout=STOP_DEADLINE)
+                    fail("%s exited with %s before its listening line; stderr:\n%s"
+                         % (self.name, rc, self.log_tail()))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    fail("%s printed no line within %.0f s; stderr:\n%s"
+                         % (self.name, START_DEADLINE, self.log_tail()))
+                self._cv.wait(min(left, 1.0))
+            first = self.stdout_lines[0]
+        m = LISTEN_RE.match(first)
+        check(m, lambda: "%s: first stdout line is %r, expected 'pgtx-shop: listening on http://HOST:PORT'"
+              % (self.name, first))
+        self.host, self.port = m.group(1).strip("[]"), int(m.group(2))
+        want_port = int(self.listen.rsplit(":", 1)[1])
+        check(want_port == 0 or want_port == self.port,
+              "%s: asked for port %d, listening line says %d" % (self.name, want_port, self.port))
+        check(self.port != 0, "%s: listening line shows port 0" % self.name)
+        return self
+
+    def _drain(self):
+        for raw in self.proc.stdout:
+            with self._cv:
+                self.stdout_lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                self._cv.notify_all()
+        with self._cv:
+            self._eof = True
+            self._cv.notify_all()
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n=30):
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def stop(self):
+        """SIGTERM; the server must exit 0 within STOP_DEADLINE.  Returns the
+        time it took (failure raised otherwise)."""
+        if self.proc is None or self.proc.returncode is not None:
+            return 0.0
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_DEADLINE)
+            fail("%s did not exit within %.0f s of SIGTERM (killed); stderr:\n%s"
+                 % (self.name, STOP_DEADLINE, self.log_tail()))
+        took = time.monotonic() - t0
+        check(rc == 0, lambda: "%s exited %s after SIGTERM (want 0); stderr:\n%s"
+              % (self.name, rc, self.log_tail()))
+        return took
+
+    def kill(self):
+        """SIGKILL on purpose (a crash); waits for it to die."""
+        self.proc.kill()
+        self.proc.wait(timeout=STOP_DEADLINE)
+
+    def restart(self):
+        """Starts a new process on the same HOST:PORT with the same flags."""
+        self.listen = "%s:%d" % (self.host, self.port)
+        return self.start()
+
+
+# -------------------------------------------------------------- harness -----
+
+class Harness:
+    """What a test needs: the binary, its servers, clients, tracked
+    entities, checks.  Use through run()."""
+
+    def __init__(self, binary, test_name):
+        self.binary = os.path.abspath(binary)
+        self.test_name = test_name
+        self.admin_token = "e2e-admin-" + secrets.token_hex(16)
+        self.prefix = "e2e-%s-%s-" % (test_name, secrets.token_hex(4))
+        self.servers = []
+        self.failures = []
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.accounts, self.products, self.coupons = set(), set(), set()
+        self.default_addr = None
+
+    # ---- servers
+    def start_server(self, listen="127.0.0.1:0", extra=(), name=None):
+        s = Server(self, listen, extra, name).start()
+        if self.default_addr is None:
+            self.default_addr = s.addr
+        return s
+
+    def start_pair(self, extra=()):
+        """Two processes sharing one port (SO_REUSEPORT): the first picks a
+        free port, the second listens on the same one."""
+        a = self.start_server("127.0.0.1:0", extra)
+        b = self.start_server("127.0.0.1:%d" % a.port, extra)
+        check(b.port == a.port, "second server on %d, first on %d" % (b.port, a.port))
+        return a, b
+
+    def stop_all(self):
+        for s in self.servers:
+            if s.alive():
+                try:
+                    s.stop()
+                except TestFailure as e:
+                    self.failures.append(str(e))
+
+    # ---- clients
+    def client(self, addr=None):
+        """This thread's keep-alive client to addr (default: the first server)."""
+        addr = addr or self.default_addr
+        d = getattr(self._local, "clients", None)
+        if d is None:
+            d = self._local.clients = {}
+        c = d.get(addr)
+        if c is None:
+            c = d[addr] = Client(*addr)
+        return c
+
+    def unique(self, what):
+        return "%s%s%d" % (self.prefix, what, next(self._seq))
+
+    # ---- entities (admin token; tracked)
+    def create_account(self, balance=0, name=None, c=None):
+        c = c or self.client()
+        name = name or self.unique("acct")
+        r = c.request("POST", "/v1/accounts", {"name": name, "balance": balance}, token=self.admin_token)
+        check(r.status == 201, lambda: "POST /v1/accounts %r: %r" % ({"name": name, "balance": balance}, r))
+        a = r.json
+        with self._lock:
+            self.accounts.add(a["id"])
+        return a
+
+    def create_product(self, price, stock, name=None, c=None):
+        c = c or self.client()
+        name = name or self.unique("prod")
+        body = {"name": name, "price": price, "stock": stock}
+        r = c.request("POST", "/v1/products", body, token=self.admin_token)
+        check(r.status == 201, lambda: "POST /v1/products %r: %r" % (body, r))
+        p = r.json
+        with self._lock:
+            self.products.add(p["id"])
+        return p
+
+    def create_coupon(self, discount, quantity, code=None, c=None):
+        c = c or self.client()
+        code = code or self.unique("coupon")
+        body = {"code": code, "discount": discount, "quantity": quantity}
+        r = c.request("POST", "/v1/coupons", body, token=self.admin_token)
+        check(r.status == 201, lambda: "POST /v1/coupons %r: %r" % (body, r))
+        k = r.json
+        with self._lock:
+            self.coupons.add(k["id"])
+        return k
+
+    def create_accounts(self, n, balance_of, workers=32):
+        """n accounts created concurrently; balance_of(i) gives each one's
+        starting balance.  Returns them in order of i."""
+        with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+            return list(ex.map(lambda i: self.create_account(balance_of(i)), range(n)))
+
+    def get(self, path, token=None, c=None):
+        c = c or self.client()
+        r = c.request("GET", path, token=token if token is not None else self.admin_token)
+        check(r.status == 200, lambda: "GET %s: %r" % (path, r))
+        return r.json
+
+    # ---- database checks
+    def _scope(self, accounts=None, products=None, coupons=None):
+        with self._lock:
+            a = set(self.accounts if accounts is None else accounts)
+            p = set(self.products if products is None else products)
+            k = set(self.coupons if coupons is None else coupons)
+        return id_array(a), id_array(p), id_array(k)
+
+    def invariant_queries(self, accounts=None, products=None, coupons=None):
+        A, P, K = self._scope(accounts, products, coupons)
+        in_orders = "(o.account_id = ANY(%s) OR o.product_id = ANY(%s))" % (A, P)
+        return [
+            ("product: stock + sum(orders.quantity) = initial_stock + sum(restock.quantity), stock >= 0",
+             "SELECT p.id, p.stock, p.initial_stock, coalesce(o.q, 0) AS ordered, coalesce(r.q, 0) AS restocked"
+             " FROM product p"
+             " LEFT JOIN (SELECT product_id, sum(quantity) q FROM orders GROUP BY product_id) o ON o.product_id = p.id"
+             " LEFT JOIN (SELECT product_id, sum(quantity) q FROM restock GROUP BY product_id) r ON r.product_id = p.id"
+             " WHERE p.id = ANY(%s) AND (p.stock < 0"
+             "  OR p.stock + coalesce(o.q, 0) <> p.initial_stock + coalesce(r.q, 0))" % P),
+            ("account: balance = sum(ledger.amount) >= 0, exactly one 'initial' ledger row",
+             "SELECT a.id, a.balance, coalesce(l.s, 0) AS ledger_sum, coalesce(l.initials, 0) AS initial_rows"
+             " FROM account a LEFT JOIN (SELECT account_id, sum(amount) s,"
+             "  count(*) FILTER (WHERE kind = 'initial') initials FROM ledger GROUP BY account_id) l"
+             "  ON l.account_id = a.id"
+             " WHERE a.id = ANY(%s) AND (a.balance < 0 OR a.balance <> coalesce(l.s, 0)"
+             "  OR coalesce(l.initials, 0) <> 1)" % A),
+            ("ledger: kinds and signs ('initial' >= 0, 'deposit' > 0, 'order' <= 0 with an order_id)",
+             "SELECT l.id, l.account_id, l.amount, l.kind, l.order_id FROM ledger l"
+             " WHERE l.account_id = ANY(%s) AND NOT ("
+             "  (l.kind = 'initial' AND l.order_id IS NULL AND l.amount >= 0)"
+             "  OR (l.kind = 'deposit' AND l.order_id IS NULL AND l.amount > 0)"
+             "  OR (l.kind = 'order' AND l.order_id IS NOT NULL AND l.amount <= 0))" % A),
+            ("coupon: remaining + count(claims) = quantity, remaining >= 0",
+             "SELECT c.id, c.quantity, c.remaining, coalesce(k.n, 0) AS claims FROM coupon c"
+             " LEFT JOIN (SELECT coupon_id, count(*) n FROM coupon_claim GROUP BY coupon_id) k ON k.coupon_id = c.id"
+             " WHERE c.id = ANY(%s) AND (c.remaining < 0 OR c.remaining + coalesce(k.n, 0) <> c.quantity)" % K),
+            ("coupon_claim: at most one claim per (coupon, account)",
+             "SELECT coupon_id, account_id, count(*) AS n FROM coupon_claim"
+             " WHERE coupon_id = ANY(%s) OR account_id = ANY(%s)"
+             " GROUP BY coupon_id, account_id HAVING count(*) > 1" % (K, A)),
+            ("orders: quantity > 0, unit_price = product price, discount = coupon's (0 without),"
+             " total = max(0, unit_price*quantity - discount)",
+             "SELECT o.id, o.quantity, o.unit_price, p.price, o.discount, c.discount AS coupon_discount, o.total"
+             " FROM orders o LEFT JOIN product p ON p.id = o.product_id LEFT JOIN coupon c ON c.id = o.coupon_id"
+             " WHERE %s AND (o.quantity <= 0 OR p.id IS NULL OR o.unit_price <> p.price"
+             "  OR o.discount <> CASE WHEN o.coupon_id IS NULL THEN 0 ELSE c.discount END"
+             "  OR o.total <> greatest(0, o.unit_price::numeric * o.quantity - o.discount))" % in_orders),
+            ("orders: each order has one 'order' ledger row of -total on its account",
+             "SELECT o.id, o.total, count(l.id) AS ledger_rows, sum(l.amount) AS ledger_sum"
+             " FROM orders o LEFT JOIN ledger l ON l.order_id = o.id"
+             " WHERE %s GROUP BY o.id, o.total, o.account_id"
+             " HAVING NOT ((count(l.id) = 1 AND sum(l.amount) = -o.total"
+             "   AND bool_and(l.kind = 'order') AND bool_and(l.account_id = o.account_id))"
+             "  OR (count(l.id) = 0 AND o.total = 0))" % in_orders),
+            ("orders with a coupon: the account's claim of it is marked used by this order",
+             "SELECT o.id, o.coupon_id, o.account_id, k.order_id AS claim_order_id"
+             " FROM orders o LEFT JOIN coupon_claim k ON k.coupon_id = o.coupon_id AND k.account_id = o.account_id"
+             " WHERE %s AND o.coupon_id IS NOT NULL AND (k.coupon_id IS NULL OR k.order_id IS DISTINCT FROM o.id)"
+             % in_orders),
+            ("coupon_claim.order_id: names an order of that account with that coupon",
+             "SELECT k.coupon_id, k.account_id, k.order_id FROM coupon_claim k LEFT JOIN orders o ON o.id = k.order_id"
+             " WHERE (k.coupon_id = ANY(%s) OR k.account_id = ANY(%s)) AND k.order_id IS NOT NULL"
+             "  AND (o.id IS NULL OR o.coupon_id IS DISTINCT FROM k.coupon_id OR o.account_id <> k.account_id)"
+             % (K, A)),
+        ]
+
+    def snapshot_query(self):
+        A, P, K = self._scope()
+        like = self.prefix.replace("_", "\\_") + "%"
+        return (
+            "SELECT jsonb_build_object("
+            " 'accounts', (SELECT jsonb_agg(jsonb_build_array(id, name, balance, version) ORDER BY id)"
+            "   FROM account WHERE id = ANY(%(A)s)),"
+            " 'products', (SELECT jsonb_agg(jsonb_build_array(id, name, price, stock, initial_stock, version)"
+            "   ORDER BY id) FROM product WHERE id = ANY(%(P)s)),"
+            " 'coupons', (SELECT jsonb_agg(jsonb_build_array(id, code, discount, quantity, remaining, version)"
+            "   ORDER BY id) FROM coupon WHERE id = ANY(%(K)s)),"
+            " 'claims', (SELECT jsonb_agg(jsonb_build_array(coupon_id, account_id, order_id)"
+            "   ORDER BY coupon_id, account_id) FROM coupon_claim WHERE coupon_id = ANY(%(K)s)"
+            "   OR account_id = ANY(%(A)s)),"
+            " 'orders', (SELECT count(*) FROM orders WHERE account_id = ANY(%(A)s) OR product_id = ANY(%(P)s)),"
+            " 'ledger', (SELECT count(*) FROM ledger WHERE account_id = ANY(%(A)s)),"
+            " 'restock', (SELECT count(*) FROM restock WHERE product_id = ANY(%(P)s)),"
+            " 'named_accounts', (SELECT count(*) FROM account WHERE name LIKE '%(L)s'),"
+            " 'named_products', (SELECT count(*) FROM product WHERE name LIKE '%(L)s'),"
+            " 'named_coupons', (SELECT count(*) FROM coupon WHERE code LIKE '%(L)s'))"
+            % {"A": A, "P": P, "K": K, "L": like})
+
+    def violations(self, accounts=None, products=None, coupons=None):
+        qs = self.invariant_queries(accounts, products, coupons)
+        results = sql_json(*[q for _, q in qs])
+        return [(name, rows) for (name, _), rows in zip(qs, results) if rows]
+
+    def check_invariants(self, accounts=None, products=None, coupons=None, what=""):
+        """The API.md invariants over this test's entities (or the ids given).
+        Returns the number of entities checked."""
+        bad = self.violations(accounts, products, coupons)
+        if bad:
+            fail("invariants broken%s:\n%s" % (
+                " (" + what + ")" if what else "",
+                "\n".join("  %s: %s" % (n, json.dumps(rows)[:2000]) for n, rows in bad)))
+        with self._lock:
+            return (len(self.accounts if accounts is None else accounts)
+                    + len(self.products if products is None else products)
+                    + len(self.coupons if coupons is None else coupons))
+
+    def snapshot_and_invariants(self):
+        """One psql run: the snapshot of this test's rows plus the invariants."""
+        qs = self.invariant_queries()
+        lines = psql(self.snapshot_query() + ";\n" + "".join(
+            "SELECT coalesce(jsonb_agg(t), '[]'::jsonb) FROM (%s) t;\n" % q for _, q in qs))
+        check(len(lines) == 1 + len(qs), "psql: %d lines" % len(lines))
+        snap = json.loads(lines[0])
+        bad = [(n, json.loads(l)) for (n, _), l in zip(qs, lines[1:]) if json.loads(l)]
+        return snap, bad
+
+
+# ------------------------------------------------------------- running -----
+
+def run(test_name, main, min_args=1):
+    """Runs main(harness) with argv[1] = the pgtx-shop binary; stops every
+    server it started (each must exit 0 on SIGTERM); exits 0 only when
+    everything held.  main may also record soft failures in h.failures."""
+    if len(sys.argv) < 1 + min_args:
+        print("usage: %s PGTX_SHOP_BINARY" % sys.argv[0], file=sys.stderr)
+        sys.exit(2)
+    binary = sys.argv[1]
+    if not os.access(binary, os.X_OK):
+        print("%s: FAIL: %s is not an executable" % (test_name, binary), file=sys.stderr)
+        sys.exit(1)
+    h = Harness(binary, test_name)
+    t0 = time.monotonic()
+    try:
+        main(h)
+    except TestFailure as e:
+        h.failures.append(str(e))
+    except Exception:  # a bug in the test or an unexpected client error
+        h.failures.append("unexpected exception:\n" + traceback.format_exc())
+    finally:
+        h.stop_all()
+    took = time.monotonic() - t0
+    if h.failures:
+        for f in h.failures:
+            print("%s: FAIL: %s" % (test_name, f), file=sys.stderr, flush=True)
+        for s in h.servers:
+            print("--- %s stderr (%s, tail) ---\n%s" % (s.name, s.log_path, s.log_tail(15)), file=sys.stderr)
+        print("%s: %d failure(s) in %.1f s" % (test_name, len(h.failures), took), flush=True)
+        sys.exit(1)
+    for s in h.servers:
+        try:
+            os.unlink(s.log_path)
+        except OSError:
+            pass
+    print("%s: all ok in %.1f s" % (test_name, took), flush=True)

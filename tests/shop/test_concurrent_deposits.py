@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""test_concurrent_deposits - one hot account, two server processes.
+
+Two pgtx-shop processes share one port (SO_REUSEPORT); 64 clients, each on
+its own keep-alive connection (the kernel spreads them over the two), make
+50 deposits of 1 each to the same account.  Under every safe strategy every
+response is 200 and the final balance is exact (initial + 3200); the test
+reports ops/s and the total of Pgtx-Retries per strategy.  Then, on servers
+started with --allow-unsafe, the naive strategy must lose updates (the
+balance ends short), which shows the test can see a lost update at all.
+
+usage: test_concurrent_deposits.py PGTX_SHOP_BINARY
+"""
+
+import collections
+import concurrent.futures
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shoplib  # noqa: E402
+from shoplib import STRATEGIES, check, fail  # noqa: E402
+
+CLIENTS = 64
+PER_CLIENT = 50
+INITIAL = 1000
+ROUND_DEADLINE = 120.0 * shoplib.SLOW
+
+
+def deposit_round(h, addr, acct, strategy):
+    """64 clients x 50 deposits of 1; returns (statuses, retries, elapsed,
+    samples of non-200 responses)."""
+    path = "/v1/accounts/%d/deposits" % acct["id"]
+    hdr = {"Pgtx-Strategy": strategy}
+    started = []
+    barrier = threading.Barrier(CLIENTS, action=lambda: started.append(time.monotonic()),
+                                timeout=60 * shoplib.SLOW)
+
+    def worker(_):
+        c = shoplib.Client(*addr)
+        statuses, retries, odd = collections.Counter(), 0, []
+        try:
+            r = c.request("GET", "/healthz")  # connect before the start line
+            check(r.status == 200, lambda: "GET /healthz: %r" % r)
+            barrier.wait()
+            deadline = started[0] + ROUND_DEADLINE
+            for _ in range(PER_CLIENT):
+                if time.monotonic() > deadline:
+                    fail("%s round exceeded %.0f s" % (strategy, ROUND_DEADLINE))
+                r = c.request("POST", path, {"amount": 1}, token=acct["token"], headers=hdr)
+                statuses[r.status] += 1
+                if r.status == 200 and isinstance(r.retries, int):
+                    retries += r.retries
+                else:
+                    if len(odd) < 3:
+                        odd.append(r)
+                    if r.status == 200:
+                        odd.append("200 with Pgtx-Retries %r" % r.headers.get("pgtx-retries"))
+        finally:
+            c.close()
+        return statuses, retries, odd
+
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as ex:
+        results = list(ex.map(worker, range(CLIENTS)))
+    elapsed = time.monotonic() - started[0]
+    statuses, retries, odd = collections.Counter(), 0, []
+    for s, r, o in results:
+        statuses.update(s)
+        retries += r
+        odd += o
+    return statuses, retries, elapsed, odd
+
+
+def served_by(servers, acct):
+    """How many deposit log lines for this account each server wrote (the
+    one-line-per-request log on stderr)."""
+    needle = "/v1/accounts/%d/deposits" % acct["id"]
+    return [s.log_text().count(needle) for s in servers]
+
+
+def main(h):
+    total = CLIENTS * PER_CLIENT
+    servers = h.start_pair()
+    shoplib.log("two servers on 127.0.0.1:%d (pids %d, %d); %d clients x %d deposits of 1"
+                % (servers[0].port, servers[0].proc.pid, servers[1].proc.pid, CLIENTS, PER_CLIENT))
+    report = []
+    for s in STRATEGIES:
+        acct = h.create_account(INITIAL)
+        statuses, retries, elapsed, odd = deposit_round(h, servers[0].addr, acct, s)
+        bal = h.get("/v1/accounts/%d" % acct["id"])["balance"]
+        split = served_by(servers, acct)
+        report.append((s, total / elapsed, retries, elapsed, bal, split))
+        shoplib.log("%-12s %7.0f ops/s  retries %5d  %5.2f s  balance %d (want %d)  per server %s"
+                    % (s, total / elapsed, retries, elapsed, bal, INITIAL + total, split))
+        try:
+            check(statuses == {200: total}, lambda: "%s: statuses %s, want %d x 200; e.g. %s"
+                  % (s, dict(statuses), total, odd[:3]))
+            check(not odd, lambda: "%s: %s" % (s, odd[:3]))
+            check(bal == INITIAL + total, lambda: "%s: final balance %d, want %d (lost %d)"
+                  % (s, bal, INITIAL + total, INITIAL + total - bal))
+            if sum(split):  # the server logs requests: both processes must have served some
+                check(all(split), lambda: "%s: one process served nothing: %s" % (s, split))
+            h.check_invariants(accounts=[acct["id"]], products=[], coupons=[], what=s)
+        except shoplib.TestFailure as e:
+            h.failures.append(str(e))
+    h.check_invariants(what="after the safe strategies")
+    for srv in servers:
+        took = srv.stop()
+        shoplib.log("%s stopped on SIGTERM in %.2f s" % (srv.name, took))
+
+    # naive: the lost update, on servers that allow it
+    unsafe = h.start_pair(extra=["--allow-unsafe"])
+    lost = None
+    for attempt in range(1, 4):
+        acct = h.create_account(INITIAL, c=h.client(unsafe[0].addr))
+        with h._lock:
+            h.accounts.discard(acct["id"])  # its invariants break on purpose
+        statuses, retries, elapsed, odd = deposit_round(h, unsafe[0].addr, acct, "naive")
+        bal = h.get("/v1/accounts/%d" % acct["id"], c=h.client(unsafe[0].addr))["balance"]
+        ledger = shoplib.sql_json("SELECT coalesce(sum(amount), 0) AS s FROM ledger WHERE account_id = %d"
+                                  % acct["id"])[0]["s"]
+        shoplib.log("naive #%d     %7.0f ops/s  %5.2f s  statuses %s  balance %d (want %d)  ledger sum %s"
+                    % (attempt, total / elapsed, elapsed, dict(statuses), bal, INITIAL + total, ledger))
+        check(set(statuses) <= {200, 503}, lambda: "naive: unexpected statuses %s: %s" % (dict(statuses), odd[:3]))
+        acked = statuses[200]
+        if bal < INITIAL + acked:
+            lost = INITIAL + acked - bal
+            shoplib.log("naive lost %d of %d acknowledged deposits (%.1f%%)" % (lost, acked, 100.0 * lost / acked))
+            break
+    check(lost is not None, "naive: 3 rounds of 3200 concurrent deposits lost nothing; the test cannot see "
+                            "a lost update (or naive is not the unsafe read-modify-write)")
+    for srv in unsafe:
+        srv.stop()
+
+    shoplib.log("summary (%d deposits per strategy, 2 processes):" % total)
+    for s, ops, retries, elapsed, bal, split in report:
+        shoplib.log("  %-12s %7.0f ops/s  %5d retries  %5.2f s  split %s" % (s, ops, retries, elapsed, split))
+    shoplib.log("  %-12s lost %d updates" % ("naive", lost))
+
+
+if __name__ == "__main__":
+    shoplib.run("test_concurrent_deposits", main)

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""test_flash_sale - 1000 accounts race for a coupon of 100.
+
+The accounts are created first (concurrently); then, under each safe
+strategy and with a fresh coupon each time, all 1000 claim it at once from
+100 client threads (each on its own keep-alive connection, spread over two
+server processes sharing a port).  Exactly 100 claims get 201, the other
+900 get 409 coupon_exhausted, nothing else; the coupon's remaining is 0,
+coupon_claim holds exactly the 100 winners once each, and the invariants
+hold.
+
+usage: test_flash_sale.py PGTX_SHOP_BINARY
+"""
+
+import collections
+import concurrent.futures
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shoplib  # noqa: E402
+from shoplib import STRATEGIES, check  # noqa: E402
+
+ACCOUNTS = 1000
+QUANTITY = 100
+THREADS = 100
+
+
+def main(h):
+    a, _ = h.start_pair()
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as ex:
+        t0 = time.monotonic()
+        accounts = list(ex.map(lambda i: h.create_account(0), range(ACCOUNTS)))
+        took = time.monotonic() - t0
+        shoplib.log("created %d accounts in %.2f s (%.0f/s) from %d threads"
+                    % (ACCOUNTS, took, ACCOUNTS / took, THREADS))
+        ids = [x["id"] for x in accounts]
+        check(len(set(ids)) == ACCOUNTS, "account ids are not unique")
+        report = []
+        for s in STRATEGIES:
+            try:
+                report.append(flash_round(h, ex, accounts, s))
+            except shoplib.TestFailure as e:
+                h.failures.append("[%s] %s" % (s, e))
+    n = h.check_invariants(what="end of the flash sale")
+    shoplib.log("invariants: ok over %d entities" % n)
+    shoplib.log("summary (%d accounts claim a coupon of %d at once):" % (ACCOUNTS, QUANTITY))
+    for s, rate, retries, took in report:
+        shoplib.log("  %-12s %6.0f claims/s  %5d retries  %5.2f s" % (s, rate, retries, took))
+
+
+def flash_round(h, ex, accounts, strategy):
+    k = h.create_coupon(discount=5, quantity=QUANTITY)
+    path = "/v1/coupons/%d/claims" % k["id"]
+    hdr = {"Pgtx-Strategy": strategy}
+    deadline = time.monotonic() + 120 * shoplib.SLOW
+
+    def claim(acct):
+        check(time.monotonic() < deadline, "%s: the round ran past its deadline" % strategy)
+        r = h.client().request("POST", path, {"account_id": acct["id"]}, token=acct["token"], headers=hdr)
+        return acct["id"], r
+
+    t0 = time.monotonic()
+    results = list(ex.map(claim, accounts))
+    took = time.monotonic() - t0
+    outcome = collections.Counter((r.status, r.error_code) for _, r in results)
+    winners = {aid for aid, r in results if r.status == 201}
+    retries = sum(r.retries for _, r in results if isinstance(r.retries, int))
+    shoplib.log("%-12s %s in %.2f s (%.0f claims/s), retries %d"
+                % (strategy, dict(outcome), took, len(accounts) / took, retries))
+    odd = [r for _, r in results if (r.status, r.error_code) not in {(201, None), (409, "coupon_exhausted")}]
+    check(not odd, lambda: "%s: statuses other than 201 / 409 coupon_exhausted: %s; e.g. %s"
+          % (strategy, dict(outcome), odd[:3]))
+    check(outcome[(201, None)] == QUANTITY and outcome[(409, "coupon_exhausted")] == len(accounts) - QUANTITY,
+          lambda: "%s: %s, want %d x 201 and %d x 409 coupon_exhausted"
+          % (strategy, dict(outcome), QUANTITY, len(accounts) - QUANTITY))
+    for aid, r in results:
+        if r.status == 201:
+            check(r.json == {"coupon_id": k["id"], "account_id": aid},
+                  lambda: "%s: claim body %r for account %d" % (strategy, r, aid))
+            check(isinstance(r.retries, int), lambda: "%s: 201 without Pgtx-Retries" % strategy)
+    got = h.get("/v1/coupons/%d" % k["id"])
+    check(got["remaining"] == 0 and got["quantity"] == QUANTITY,
+          lambda: "%s: coupon after the sale %s, want remaining 0" % (strategy, got))
+    rows, dups = shoplib.sql_json(
+        "SELECT account_id, order_id FROM coupon_claim WHERE coupon_id = %d" % k["id"],
+        "SELECT account_id, count(*) AS n FROM coupon_claim WHERE coupon_id = %d GROUP BY account_id"
+        " HAVING count(*) > 1" % k["id"])
+    check(not dups, lambda: "%s: duplicate claims %s" % (strategy, dups))
+    claimed = {row["account_id"] for row in rows}
+    check(len(rows) == QUANTITY and claimed == winners,
+          lambda: "%s: coupon_claim has %d rows (%d accounts); 201s went to %d accounts; differ: %s"
+          % (strategy, len(rows), len(claimed), len(winners), sorted(claimed ^ winners)[:10]))
+    check(all(row["order_id"] is None for row in rows), "%s: a fresh claim has an order_id" % strategy)
+    h.check_invariants(accounts=[], products=[], coupons=[k["id"]], what=strategy)
+    return strategy, len(accounts) / took, retries, took
+
+
+if __name__ == "__main__":
+    shoplib.run("test_flash_sale", main)
