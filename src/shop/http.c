@@ -1,0 +1,704 @@
+/* http.c — libmicrohttpd glue: MHD's event thread reads each request and
+   suspends it, a bounded pool of workers runs it (they may block on the
+   database; the event thread never does), and the event thread answers once
+   the worker resumes the connection. */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A body past max_body is read and dropped (0.9.75 cannot answer in the
+   middle of an upload) up to this much, then the connection is cut. */
+#define DISCARD_LIMIT (1024 * 1024)
+/* Idle keep-alive connections are closed after this many seconds. */
+#define IDLE_TIMEOUT_S 60u
+
+typedef enum job_state {
+    JOB_READING,  /* headers seen, body arriving: event thread only */
+    JOB_QUEUED,   /* connection suspended; in the ring or on a worker */
+    JOB_DONE,     /* the worker filled `res` and resumed the connection */
+    JOB_ANSWERED  /* a response was queued with MHD */
+} job_state;
+
+/* One request, from its first callback to on_completed, which frees it.
+   The strings in `req` are borrowed from MHD and live as long as the
+   request; req.body points into `buf`. */
+typedef struct http_job {
+    struct MHD_Connection *conn;
+    job_state state;       /* under shop_http.mu once the job is queued */
+    shop_request req;
+    char *buf;             /* owned body bytes: req.body_len used, cap allocated */
+    size_t cap;
+    size_t discarded;      /* bytes dropped past max_body */
+    bool too_large;
+    bool loopback;         /* the client is on this machine */
+    const char *content_type; /* static */
+    shop_response res;     /* res.body owned until handed to MHD */
+    struct timespec started;
+} http_job;
+
+struct shop_http {
+    const shop_config *cfg;  /* borrowed, like app, pool and metrics */
+    shop_app *app;
+    pgtx_pool *pool;
+    shop_metrics *metrics;
+    pgtx_engine *health;     /* owned: SELECT 1 for /healthz */
+    struct MHD_Daemon *daemon;
+    MHD_socket listen_fd;    /* handed back by quiesce, closed after stop */
+    int port;
+    pthread_t *workers;      /* owned; nworkers of them running */
+    int nworkers;
+    pthread_mutex_t mu;      /* guards everything below and job states */
+    pthread_cond_t work;     /* a job was queued, or the workers must stop */
+    pthread_cond_t settled;  /* a suspended connection was answered */
+    http_job **ring;         /* owned array of borrowed jobs waiting */
+    int cap, head, count;
+    int busy;                /* jobs on a worker now */
+    int suspended;           /* connections suspended and not yet answered */
+    bool closed;             /* no more jobs: the workers leave once idle */
+    atomic_bool draining;    /* shutting down: answer with Connection: close */
+};
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0->tv_sec) +
+           (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* ---- responses ----------------------------------------------------------- */
+
+/* {"error":{"code":..,"message":..}}, malloc'ed; NULL when out of memory.
+   Both strings are static text of ours: nothing to escape. */
+static char *error_body(const char *code, const char *message)
+{
+    static const char fmt[] = "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}";
+    size_t n = sizeof fmt + strlen(code) + strlen(message);
+    char *body = malloc(n);
+    if (body)
+        snprintf(body, n, fmt, code, message);
+    return body;
+}
+
+static void set_error(shop_response *res, int status, const char *code,
+                      const char *message, int retry_after)
+{
+    free(res->body);
+    res->status = status;
+    res->body = error_body(code, message);
+    res->retry_after = retry_after;
+}
+
+static void add_headers(shop_http *h, struct MHD_Response *resp,
+                        const http_job *job, bool close)
+{
+    char num[16];
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, job->content_type);
+    if (job->res.retries >= 0) {
+        snprintf(num, sizeof num, "%d", job->res.retries);
+        MHD_add_response_header(resp, "Pgtx-Retries", num);
+    }
+    if (job->res.retry_after > 0) {
+        snprintf(num, sizeof num, "%d", job->res.retry_after);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, num);
+    }
+    if (job->res.allow)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, job->res.allow);
+    if (close || atomic_load(&h->draining))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+}
+
+/* Queues job->res on the connection.  The body goes to MHD, which frees
+   it with the response.  `close` ends the connection after it: used when
+   the request's framing cannot be trusted or its body was not read. */
+static enum MHD_Result send_response(shop_http *h, http_job *job, bool close)
+{
+    shop_response *res = &job->res;
+    if (res->body == NULL && res->status >= 400)
+        res->body = error_body("error", "the request failed");
+    size_t len = res->body ? strlen(res->body) : 0;
+    struct MHD_Response *resp =
+        len ? MHD_create_response_from_buffer_with_free_callback(len, res->body, free)
+            : MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL)
+        return MHD_NO;
+    if (len)
+        res->body = NULL;
+    add_headers(h, resp, job, close);
+    enum MHD_Result ret =
+        MHD_queue_response(job->conn, (unsigned)res->status, resp);
+    MHD_destroy_response(resp);
+    job->state = JOB_ANSWERED;
+    return ret;
+}
+
+/* An answer of our own before the app sees the request (event thread). */
+static enum MHD_Result answer_now(shop_http *h, http_job *job, int status,
+                                  const char *code, const char *message)
+{
+    set_error(&job->res, status, code, message, status == 503 ? 1 : 0);
+    return send_response(h, job, status != 503);
+}
+
+/* ---- the routes http.c answers itself (worker threads) ------------------- */
+
+static pgtx_status select_one(pgtx_tx *tx, void *arg, pgtx_error *err)
+{
+    (void)arg;
+    return pgtx_query(tx, "SELECT 1", 0, NULL, NULL, err);
+}
+
+static bool only_get(http_job *job)
+{
+    if (strcmp(job->req.method, "GET") == 0)
+        return true;
+    set_error(&job->res, 405, "method_not_allowed", "only GET is allowed here", 0);
+    job->res.allow = "GET";
+    return false;
+}
+
+static void route_healthz(shop_http *h, http_job *job)
+{
+    job->res.route = "GET /healthz";
+    if (!only_get(job))
+        return;
+    pgtx_error err;
+    if (pgtx_run(h->health, select_one, NULL, NULL, &err) != PGTX_OK) {
+        shop_log(SHOP_LOG_WARN, "healthz: %s: %s", pgtx_status_name(err.status),
+                 err.message);
+        set_error(&job->res, 503, "database_unavailable",
+                  "the database did not answer in time", 1);
+        return;
+    }
+    job->res.status = 200;
+    job->res.body = strdup("{\"status\":\"ok\"}");
+}
+
+static shop_http_gauges gauges(shop_http *h)
+{
+    pthread_mutex_lock(&h->mu);
+    shop_http_gauges g = {h->count, h->cap, h->busy, h->nworkers};
+    pthread_mutex_unlock(&h->mu);
+    return g;
+}
+
+static void route_metrics(shop_http *h, http_job *job)
+{
+    job->res.route = "GET /metrics";
+    if (!only_get(job))
+        return;
+    if (!job->loopback) {
+        set_error(&job->res, 403, "forbidden",
+                  "metrics are served to loopback clients only", 0);
+        return;
+    }
+    shop_http_gauges g = gauges(h);
+    size_t len;
+    job->res.body = shop_metrics_render(h->metrics, h->pool, &g, &len);
+    if (job->res.body == NULL) {
+        set_error(&job->res, 503, "overloaded", "out of memory", 1);
+        return;
+    }
+    job->res.status = 200;
+    job->content_type = "text/plain; version=0.0.4; charset=utf-8";
+}
+
+static void run_job(shop_http *h, http_job *job)
+{
+    job->res = (shop_response){.status = 500, .retries = -1, .route = "unknown"};
+    if (strcmp(job->req.path, "/healthz") == 0)
+        route_healthz(h, job);
+    else if (strcmp(job->req.path, "/metrics") == 0)
+        route_metrics(h, job);
+    else
+        shop_app_handle(h->app, &job->req, &job->res);
+}
+
+/* ---- the workers ----------------------------------------------------------- */
+
+/* The next job, or NULL once closed and nothing is left to run. */
+static http_job *next_job(shop_http *h)
+{
+    pthread_mutex_lock(&h->mu);
+    while (h->count == 0 && !h->closed)
+        pthread_cond_wait(&h->work, &h->mu);
+    http_job *job = NULL;
+    if (h->count > 0) {
+        job = h->ring[h->head];
+        h->head = (h->head + 1) % h->cap;
+        h->count--;
+        h->busy++;
+    }
+    pthread_mutex_unlock(&h->mu);
+    return job;
+}
+
+static void *worker_main(void *arg)
+{
+    shop_http *h = arg;
+    http_job *job;
+    while ((job = next_job(h)) != NULL) {
+        run_job(h, job);
+        /* Once resumed, the event thread may answer and free the job at any
+           moment: nothing of it is touched after MHD_resume_connection. */
+        struct MHD_Connection *conn = job->conn;
+        pthread_mutex_lock(&h->mu);
+        job->state = JOB_DONE;
+        h->busy--;
+        pthread_mutex_unlock(&h->mu);
+        MHD_resume_connection(conn);
+    }
+    return NULL;
+}
+
+/* ---- the event thread ---------------------------------------------------- */
+
+typedef struct framing {
+    int content_length;
+    int transfer_encoding;
+    bool chunked_only; /* every Transfer-Encoding says just "chunked" */
+} framing;
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind,
+                                     const char *key, const char *value)
+{
+    (void)kind;
+    framing *f = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+        f->content_length++;
+    if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->transfer_encoding++;
+        if (value == NULL || strcasecmp(value, "chunked") != 0)
+            f->chunked_only = false;
+    }
+    return MHD_YES;
+}
+
+/* Why the request's framing is ambiguous (a request smuggling vector),
+   or NULL when it is sound. */
+static const char *framing_error(struct MHD_Connection *conn)
+{
+    framing f = {0, 0, true};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_framing, &f);
+    if (f.content_length > 1)
+        return "more than one Content-Length header";
+    if (f.content_length && f.transfer_encoding)
+        return "Content-Length together with Transfer-Encoding";
+    if (f.transfer_encoding > 1 || !f.chunked_only)
+        return "unsupported Transfer-Encoding";
+    return NULL;
+}
+
+/* The declared body is larger than we accept. */
+static bool declared_too_large(struct MHD_Connection *conn, size_t max)
+{
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl == NULL)
+        return false;
+    size_t digits = strspn(cl, "0123456789");
+    if (digits == 0 || cl[digits] != '\0')
+        return false; /* MHD rejects it itself */
+    if (digits > 18)
+        return true;
+    return (size_t)strtoull(cl, NULL, 10) > max;
+}
+
+static bool is_loopback(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci == NULL || ci->client_addr == NULL)
+        return false;
+    if (ci->client_addr->sa_family == AF_INET) {
+        struct sockaddr_in in;
+        memcpy(&in, ci->client_addr, sizeof in);
+        return (ntohl(in.sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ci->client_addr->sa_family == AF_INET6) {
+        struct sockaddr_in6 in6;
+        memcpy(&in6, ci->client_addr, sizeof in6);
+        return IN6_IS_ADDR_LOOPBACK(&in6.sin6_addr) ||
+               (IN6_IS_ADDR_V4MAPPED(&in6.sin6_addr) && in6.sin6_addr.s6_addr[12] == 127);
+    }
+    return false;
+}
+
+static const char *header(struct MHD_Connection *conn, const char *name)
+{
+    return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+}
+
+static http_job *job_new(struct MHD_Connection *conn, const char *url,
+                         const char *method)
+{
+    http_job *job = calloc(1, sizeof *job);
+    if (job == NULL)
+        return NULL;
+    clock_gettime(CLOCK_MONOTONIC, &job->started);
+    job->conn = conn;
+    job->state = JOB_READING;
+    job->content_type = "application/json";
+    job->req = (shop_request){
+        .method = method,
+        .path = url,
+        .authorization = header(conn, MHD_HTTP_HEADER_AUTHORIZATION),
+        .strategy = header(conn, "Pgtx-Strategy"),
+        .idempotency_key = header(conn, "Idempotency-Key"),
+    };
+    job->res = (shop_response){.status = 500, .retries = -1, .route = "unknown"};
+    job->loopback = is_loopback(conn);
+    return job;
+}
+
+static void job_free(http_job *job)
+{
+    free(job->buf);
+    free(job->res.body);
+    free(job);
+}
+
+static enum MHD_Result on_headers(shop_http *h, struct MHD_Connection *conn,
+                                  const char *url, const char *method,
+                                  void **req_cls)
+{
+    http_job *job = job_new(conn, url, method);
+    if (job == NULL)
+        return MHD_NO; /* out of memory: MHD drops the connection */
+    *req_cls = job;
+    const char *why = framing_error(conn);
+    if (why)
+        return answer_now(h, job, 400, "bad_request", why);
+    if (declared_too_large(conn, h->cfg->max_body))
+        return answer_now(h, job, 413, "body_too_large",
+                          "the request body is larger than the server accepts");
+    return MHD_YES;
+}
+
+static enum MHD_Result on_body(shop_http *h, http_job *job, const char *data,
+                               size_t *size)
+{
+    size_t n = *size;
+    *size = 0;
+    if (job->too_large || n > h->cfg->max_body - job->req.body_len) {
+        job->too_large = true;
+        job->discarded += n;
+        return job->discarded > DISCARD_LIMIT ? MHD_NO : MHD_YES;
+    }
+    if (job->req.body_len + n > job->cap) {
+        size_t cap = job->cap ? job->cap : 1024;
+        while (cap < job->req.body_len + n)
+            cap *= 2;
+        char *grown = realloc(job->buf, cap);
+        if (grown == NULL)
+            return MHD_NO;
+        job->buf = grown;
+        job->cap = cap;
+    }
+    memcpy(job->buf + job->req.body_len, data, n);
+    job->req.body_len += n;
+    return MHD_YES;
+}
+
+/* The whole request is in: suspend it and queue it for a worker, or say
+   at once that there is no room. */
+static enum MHD_Result dispatch(shop_http *h, http_job *job)
+{
+    if (job->too_large)
+        return answer_now(h, job, 413, "body_too_large",
+                          "the request body is larger than the server accepts");
+    job->req.body = job->req.body_len ? job->buf : NULL;
+    pthread_mutex_lock(&h->mu);
+    if (h->closed || h->count == h->cap) {
+        pthread_mutex_unlock(&h->mu);
+        return answer_now(h, job, 503, "overloaded",
+                          "too many requests are waiting; retry shortly");
+    }
+    MHD_suspend_connection(job->conn);
+    job->state = JOB_QUEUED;
+    h->ring[(h->head + h->count) % h->cap] = job;
+    h->count++;
+    h->suspended++;
+    pthread_cond_signal(&h->work);
+    pthread_mutex_unlock(&h->mu);
+    return MHD_YES;
+}
+
+/* The worker is done and the connection is back: send its answer. */
+static enum MHD_Result answer_done(shop_http *h, http_job *job)
+{
+    pthread_mutex_lock(&h->mu);
+    h->suspended--;
+    pthread_cond_broadcast(&h->settled);
+    pthread_mutex_unlock(&h->mu);
+    return send_response(h, job, false);
+}
+
+static job_state state_of(shop_http *h, const http_job *job)
+{
+    pthread_mutex_lock(&h->mu);
+    job_state s = job->state;
+    pthread_mutex_unlock(&h->mu);
+    return s;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload,
+                                  size_t *upload_size, void **req_cls)
+{
+    (void)version;
+    shop_http *h = cls;
+    http_job *job = *req_cls;
+    if (job == NULL)
+        return on_headers(h, conn, url, method, req_cls);
+    switch (state_of(h, job)) {
+    case JOB_READING:
+        if (*upload_size > 0)
+            return on_body(h, job, upload, upload_size);
+        return dispatch(h, job);
+    case JOB_DONE:
+        return answer_done(h, job);
+    case JOB_QUEUED:
+    case JOB_ANSWERED:
+        break;
+    }
+    *upload_size = 0; /* answered already: whatever else comes is dropped */
+    return MHD_YES;
+}
+
+static void log_request(const http_job *job, int status, double secs,
+                        enum MHD_RequestTerminationCode toe)
+{
+    char retries[16] = "-", line[256];
+    if (job->res.retries >= 0)
+        snprintf(retries, sizeof retries, "%d", job->res.retries);
+    snprintf(line, sizeof line,
+             "method=%s route=\"%s\" status=%d dur_ms=%.1f retries=%s strategy=%s%s",
+             job->req.method, job->res.route ? job->res.route : "unknown", status,
+             secs * 1e3, retries, job->res.strategy ? job->res.strategy : "-",
+             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+    shop_log_fields(SHOP_LOG_INFO, line);
+}
+
+/* Per-request state ends here, never in the handler (MHD may call the
+   handler again for the same request). */
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    shop_http *h = cls;
+    http_job *job = *req_cls;
+    if (job == NULL)
+        return;
+    *req_cls = NULL;
+    job_state st = state_of(h, job);
+    if (st == JOB_QUEUED) {
+        /* A worker still holds it (only if the daemon was stopped with a
+           request in flight): leaking beats a use after free. */
+        shop_log(SHOP_LOG_ERROR, "request abandoned while running on a worker");
+        return;
+    }
+    double secs = seconds_since(&job->started);
+    int status = st == JOB_ANSWERED ? job->res.status : 0;
+    if (st == JOB_ANSWERED)
+        shop_metrics_request(h->metrics, job->res.route, status, secs);
+    log_request(job, status, secs, toe);
+    job_free(job);
+}
+
+SHOP_PRINTF(2, 0)
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    shop_log(SHOP_LOG_WARN, "http: %s", msg);
+}
+
+/* ---- start and stop -------------------------------------------------------- */
+
+static bool start_workers(shop_http *h, int n)
+{
+    h->workers = calloc((size_t)n, sizeof *h->workers);
+    if (h->workers == NULL)
+        return false;
+    for (; h->nworkers < n; h->nworkers++)
+        if (pthread_create(&h->workers[h->nworkers], NULL, worker_main, h) != 0)
+            return false;
+    return true;
+}
+
+/* The workers finish what is queued and leave; dispatch answers 503 from
+   now on. */
+static void stop_workers(shop_http *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->closed = true;
+    pthread_cond_broadcast(&h->work);
+    pthread_mutex_unlock(&h->mu);
+    for (int i = 0; i < h->nworkers; i++)
+        pthread_join(h->workers[i], NULL);
+    h->nworkers = 0;
+}
+
+static bool create_health_engine(shop_http *h, char *err, size_t errlen)
+{
+    pgtx_engine_options opt;
+    pgtx_engine_options_init(&opt);
+    opt.read_only = true;
+    opt.statement_timeout_ms = h->cfg->pool_timeout_ms;
+    opt.retry.max_attempts = 1;
+    pgtx_error e;
+    if (pgtx_engine_create(h->pool, &opt, &h->health, &e) != PGTX_OK) {
+        snprintf(err, errlen, "cannot create the health check engine: %s", e.message);
+        return false;
+    }
+    return true;
+}
+
+static bool init_sync(shop_http *h)
+{
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0)
+        return false;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    bool ok = pthread_mutex_init(&h->mu, NULL) == 0 &&
+              pthread_cond_init(&h->work, NULL) == 0 &&
+              pthread_cond_init(&h->settled, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+    return ok;
+}
+
+static bool start_daemon(shop_http *h, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    if (!shop_listen_resolve(h->cfg->listen_host, h->cfg->listen_port, &ss, &sslen)) {
+        snprintf(err, errlen, "cannot resolve %s", h->cfg->listen_host);
+        return false;
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    h->daemon = MHD_start_daemon(
+        flags, (uint16_t)h->cfg->listen_port, NULL, NULL, on_request, h,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, /* first: MHD wants it so */
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT_S,
+        MHD_OPTION_STRICT_FOR_CLIENT, 1,
+        MHD_OPTION_END);
+    if (h->daemon == NULL) {
+        snprintf(err, errlen, "cannot listen on %s:%d (%s)", h->cfg->listen_host,
+                 h->cfg->listen_port, errno ? strerror(errno) : "see above");
+        return false;
+    }
+    const union MHD_DaemonInfo *di =
+        MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : h->cfg->listen_port;
+    return true;
+}
+
+static void http_free(shop_http *h)
+{
+    stop_workers(h);
+    if (h->daemon)
+        MHD_stop_daemon(h->daemon);
+    if (h->listen_fd != MHD_INVALID_SOCKET)
+        close(h->listen_fd);
+    pgtx_engine_destroy(h->health);
+    pthread_cond_destroy(&h->settled);
+    pthread_cond_destroy(&h->work);
+    pthread_mutex_destroy(&h->mu);
+    free(h->workers);
+    free(h->ring);
+    free(h);
+}
+
+shop_http *shop_http_start(const shop_config *cfg, shop_app *app,
+                           pgtx_pool *pool, shop_metrics *metrics, char *err,
+                           size_t errlen)
+{
+    shop_http *h = calloc(1, sizeof *h);
+    if (h == NULL || !init_sync(h)) {
+        free(h);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    h->cfg = cfg;
+    h->app = app;
+    h->pool = pool;
+    h->metrics = metrics;
+    h->listen_fd = MHD_INVALID_SOCKET;
+    h->cap = cfg->queue_size;
+    h->ring = calloc((size_t)h->cap, sizeof *h->ring);
+    if (h->ring == NULL || !start_workers(h, cfg->threads)) {
+        snprintf(err, errlen, "cannot start %d worker threads", cfg->threads);
+        http_free(h);
+        return NULL;
+    }
+    errno = 0;
+    if (!create_health_engine(h, err, errlen) || !start_daemon(h, err, errlen)) {
+        http_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+int shop_http_port(const shop_http *h)
+{
+    return h->port;
+}
+
+/* Waits until nothing is queued, running or suspended, at most ms. */
+static bool wait_settled(shop_http *h, int ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += ms / 1000;
+    deadline.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&h->mu);
+    int rc = 0;
+    while ((h->count || h->busy || h->suspended) && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&h->settled, &h->mu, &deadline);
+    bool ok = !(h->count || h->busy || h->suspended);
+    pthread_mutex_unlock(&h->mu);
+    return ok;
+}
+
+bool shop_http_stop(shop_http *h, int drain_ms)
+{
+    atomic_store(&h->draining, true);
+    h->listen_fd = MHD_quiesce_daemon(h->daemon);
+    bool drained = wait_settled(h, drain_ms);
+    if (!drained)
+        shop_log(SHOP_LOG_WARN, "requests still running after %d ms; waiting for them",
+                 drain_ms);
+    /* Joining the workers waits for the requests still on them; the pool's
+       checkout timeout and the retry budget bound that. */
+    stop_workers(h);
+    if (!wait_settled(h, 2000))
+        shop_log(SHOP_LOG_ERROR, "connections still suspended at shutdown");
+    http_free(h);
+    return drained;
+}

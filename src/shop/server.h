@@ -1,0 +1,99 @@
+/*
+ * server.h — the HTTP and process side of pgtx-shop, internal to main.c,
+ * config.c, http.c and metrics.c: command line, logging, metrics registry
+ * and the HTTP server with its worker pool.  The seams with the domain side
+ * are in shop.h.
+ */
+#ifndef PGTX_SHOP_SERVER_H
+#define PGTX_SHOP_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "shop.h"
+
+#if defined(__GNUC__)
+#define SHOP_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define SHOP_PRINTF(f, a)
+#endif
+
+/* ---- configuration (config.c) ------------------------------------------- */
+
+#define SHOP_DEFAULT_DATA_DIR ".pgtx/pgdata"
+#define SHOP_DEFAULT_LISTEN "127.0.0.1:8080"
+
+typedef enum shop_config_result {
+    SHOP_CONFIG_RUN,  /* *cfg is ready */
+    SHOP_CONFIG_EXIT, /* --help was printed: exit 0 */
+    SHOP_CONFIG_BAD   /* one line was printed on stderr: exit 2 */
+} shop_config_result;
+
+/* Fills *cfg from the defaults, then the environment, then argv (flags win).
+   Strings in *cfg are borrowed from argv, the environment or static text:
+   they live as long as the process. */
+shop_config_result shop_config_parse(int argc, char **argv, shop_config *cfg);
+
+/* The listening address of HOST:PORT as given (host without IPv6 brackets,
+   numeric or a name).  False when it does not resolve. */
+bool shop_listen_resolve(const char *host, int port,
+                         struct sockaddr_storage *out, socklen_t *len);
+
+/* ---- logging (config.c; thread-safe) ------------------------------------ */
+
+void shop_log_set_level(shop_log_level level);
+bool shop_log_enabled(shop_log_level level);
+/* One line on stderr: level=warn msg="..." (quotes and newlines escaped). */
+void shop_log(shop_log_level level, const char *fmt, ...) SHOP_PRINTF(2, 3);
+/* One line on stderr: level=info followed by fields already formatted as
+   key=value pairs by the caller. */
+void shop_log_fields(shop_log_level level, const char *fields);
+
+/* ---- metrics (metrics.c; thread-safe) ------------------------------------ */
+
+/* The HTTP side's own gauges, read at scrape time. */
+typedef struct shop_http_gauges {
+    int queue_depth;    /* requests waiting for a worker */
+    int queue_capacity;
+    int workers_busy;
+    int workers;
+} shop_http_gauges;
+
+/* NULL when out of memory.  Release with shop_metrics_destroy(). */
+shop_metrics *shop_metrics_create(void);
+void shop_metrics_destroy(shop_metrics *m);
+
+/* One answered request.  `route` is copied on first sight. */
+void shop_metrics_request(shop_metrics *m, const char *route, int status,
+                          double seconds);
+
+/* Prometheus text format 0.0.4 of everything, the pool's statistics taken
+   now.  Returns a malloc'ed string (caller frees) and its length, or NULL
+   when out of memory. */
+char *shop_metrics_render(shop_metrics *m, pgtx_pool *pool,
+                          const shop_http_gauges *g, size_t *len);
+
+/* ---- HTTP server (http.c) ------------------------------------------------ */
+
+typedef struct shop_http shop_http;
+
+/* Starts listening on cfg's address with cfg->threads workers.  Borrows
+   everything it is given (they must outlive shop_http_destroy).  On failure
+   returns NULL and writes a sentence into err. */
+shop_http *shop_http_start(const shop_config *cfg, shop_app *app,
+                           pgtx_pool *pool, shop_metrics *metrics,
+                           char *err, size_t errlen);
+
+/* The port actually bound (the real one when cfg asked for 0). */
+int shop_http_port(const shop_http *h);
+
+/* Stops accepting connections, lets the requests already read finish
+   (waiting at most drain_ms for them), answers the rest of the keep-alive
+   traffic with Connection: close, then stops the workers and the daemon
+   and frees everything.  Returns false when the wait ran out. */
+bool shop_http_stop(shop_http *h, int drain_ms);
+
+#endif
