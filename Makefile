@@ -6,7 +6,7 @@ PREFIX     ?= /usr/local
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_TYPE ?= RelWithDebInfo
 
-.PHONY: all deps configure test test-plain test-asan test-tsan bench-lib install clean
+.PHONY: all deps configure run test test-plain test-asan test-tsan bench-lib install clean
 
 all: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -17,6 +17,12 @@ deps:
 configure: deps
 	@test -f $(BUILD)/CMakeCache.txt || \
 	  cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(CMAKE_TYPE) -DCMAKE_INSTALL_PREFIX=$(PREFIX)
+
+# pgtx-shop in the foreground: the embedded cluster in ./.pgtx unless
+# DATABASE_URL or ARGS say otherwise (make run ARGS="--listen 0.0.0.0:8080").
+# exec: Ctrl-C reaches the service, which stops itself and its cluster.
+run: all
+	exec $(BUILD)/pgtx-shop $(ARGS)
 
 # All tests, twice: a plain build and one under ASan+UBSan, each against a
 # throw-away PostgreSQL cluster (or PGTX_TEST_DSN when set).
