@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,10 +143,32 @@ static bool open_database(service *s)
     return start_embedded(s);
 }
 
+/* Set while start-up waits for the database: one line says so, rather
+   than one per failed attempt. */
+static atomic_bool pool_quiet;
+
 static void on_pool_log(void *arg, pgtx_log_level level, const char *msg)
 {
     (void)arg;
+    if (atomic_load(&pool_quiet))
+        return;
     shop_log(level == PGTX_LOG_WARNING ? SHOP_LOG_WARN : SHOP_LOG_DEBUG, "%s", msg);
+}
+
+/* libpq's messages span lines; an error on stderr is one. */
+static const char *one_line(char *msg)
+{
+    size_t o = 0;
+    for (const char *p = msg; *p; p++) {
+        bool space = *p == '\n' || *p == '\t' || *p == ' ';
+        if (space && (o == 0 || msg[o - 1] == ' '))
+            continue;
+        msg[o++] = space ? ' ' : *p;
+    }
+    while (o > 0 && msg[o - 1] == ' ')
+        o--;
+    msg[o] = '\0';
+    return msg;
 }
 
 static bool create_pool(service *s)
@@ -160,7 +183,7 @@ static bool create_pool(service *s)
     pc.log = on_pool_log;
     pgtx_error e;
     if (pgtx_pool_create(&pc, &s->pool, &e) != PGTX_OK) {
-        fprintf(stderr, "pgtx-shop: cannot create the connection pool: %s\n", e.message);
+        fprintf(stderr, "pgtx-shop: cannot create the connection pool: %s\n", one_line(e.message));
         return false;
     }
     return true;
@@ -171,19 +194,24 @@ static bool create_pool(service *s)
 static bool wait_for_database(service *s)
 {
     long long deadline = now_ms() + CONNECT_WAIT_MS;
-    for (;;) {
+    atomic_store(&pool_quiet, true);
+    for (int attempt = 0;; attempt++) {
         pgtx_conn *c;
         pgtx_error e;
         if (pgtx_pool_checkout(s->pool, 1000, &c, &e) == PGTX_OK) {
             pgtx_pool_return(c);
+            atomic_store(&pool_quiet, false);
             return true;
         }
         if (stop_requested || now_ms() >= deadline) {
+            atomic_store(&pool_quiet, false);
             fprintf(stderr, "pgtx-shop: cannot reach the database (tried for %d s): %s\n",
-                    CONNECT_WAIT_MS / 1000, e.message);
+                    CONNECT_WAIT_MS / 1000, one_line(e.message));
             return false;
         }
-        shop_log(SHOP_LOG_WARN, "database not reachable yet: %s", e.message);
+        if (attempt == 0)
+            shop_log(SHOP_LOG_WARN, "database not reachable yet, retrying for %d s: %s",
+                     CONNECT_WAIT_MS / 1000, one_line(e.message));
         sleep_ms(250);
     }
 }
@@ -192,7 +220,7 @@ static bool migrate(service *s)
 {
     pgtx_error e;
     if (shop_migrate(s->pool, &e) != PGTX_OK) {
-        fprintf(stderr, "pgtx-shop: database migrations failed: %s\n", e.message);
+        fprintf(stderr, "pgtx-shop: database migrations failed: %s\n", one_line(e.message));
         return false;
     }
     return true;
@@ -347,7 +375,7 @@ static bool create_app(service *s)
     pgtx_error e;
     if (shop_app_create(s->pool, s->metrics, &s->cfg, s->token, &s->app, &e) !=
         PGTX_OK) {
-        fprintf(stderr, "pgtx-shop: cannot set up the service: %s\n", e.message);
+        fprintf(stderr, "pgtx-shop: cannot set up the service: %s\n", one_line(e.message));
         return false;
     }
     return true;
