@@ -16,8 +16,9 @@
 #include <time.h>
 #include <unistd.h>
 
-/* A body past max_body is read and dropped (0.9.75 cannot answer in the
-   middle of an upload) up to this much, then the connection is cut. */
+/* A body past max_body is read and dropped up to this much, then answered
+   413 (0.9.75 cannot answer in the middle of an upload); a larger one is
+   answered at once or cut. */
 #define DISCARD_LIMIT (1024 * 1024)
 /* Idle keep-alive connections are closed after this many seconds. */
 #define IDLE_TIMEOUT_S 60u
@@ -299,19 +300,24 @@ static const char *framing_error(struct MHD_Connection *conn)
     return NULL;
 }
 
-/* The declared body is larger than we accept. */
-static bool declared_too_large(struct MHD_Connection *conn, size_t max)
+/* The Content-Length value, or -1 when there is none (or MHD's own check
+   will refuse it); saturates at INT64_MAX. */
+static long long declared_length(struct MHD_Connection *conn)
 {
     const char *cl =
         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl == NULL)
-        return false;
+        return -1;
     size_t digits = strspn(cl, "0123456789");
     if (digits == 0 || cl[digits] != '\0')
-        return false; /* MHD rejects it itself */
-    if (digits > 18)
-        return true;
-    return (size_t)strtoull(cl, NULL, 10) > max;
+        return -1;
+    return digits > 18 ? INT64_MAX : strtoll(cl, NULL, 10);
+}
+
+static bool expects_continue(struct MHD_Connection *conn)
+{
+    const char *e = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    return e && strcasecmp(e, "100-continue") == 0;
 }
 
 static bool is_loopback(struct MHD_Connection *conn)
@@ -379,9 +385,18 @@ static enum MHD_Result on_headers(shop_http *h, struct MHD_Connection *conn,
     const char *why = framing_error(conn);
     if (why)
         return answer_now(h, job, 400, "bad_request", why);
-    if (declared_too_large(conn, h->cfg->max_body))
+    long long declared = declared_length(conn);
+    if (declared < 0 || (unsigned long long)declared <= h->cfg->max_body)
+        return MHD_YES;
+    /* Too large.  A client that waits for 100 Continue, or one that would
+       send more than we care to drop, is answered now; any other is still
+       sending, and closing on it could reset the connection before it reads
+       the 413, so its body is read and dropped first (on_body). */
+    if (expects_continue(conn) ||
+        (unsigned long long)declared - h->cfg->max_body > DISCARD_LIMIT)
         return answer_now(h, job, 413, "body_too_large",
                           "the request body is larger than the server accepts");
+    job->too_large = true;
     return MHD_YES;
 }
 
@@ -526,7 +541,8 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(msg);
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
-    shop_log(SHOP_LOG_WARN, "http: %s", msg);
+    /* Mostly clients' protocol errors, which are not ours to warn about. */
+    shop_log(SHOP_LOG_INFO, "http: %s", msg);
 }
 
 /* ---- start and stop -------------------------------------------------------- */
