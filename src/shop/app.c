@@ -1,0 +1,254 @@
+/* app.c — the domain side's entry: engines, routing (404/405), auth, strategy, then the route's handler. */
+#include "app_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- strategies -------------------------------------------------------------- */
+
+static const char *const STRATEGY_NAMES[SHOP_STRATEGY_COUNT] = {
+    "atomic", "lock", "optimistic", "serializable", "naive"};
+
+const char *shop_strategy_name(shop_strategy s)
+{
+    return (unsigned)s < SHOP_STRATEGY_COUNT ? STRATEGY_NAMES[s] : "unknown";
+}
+
+bool shop_strategy_parse(const char *name, shop_strategy *out)
+{
+    for (int i = 0; name && i < SHOP_STRATEGY_COUNT; i++)
+        if (strcmp(name, STRATEGY_NAMES[i]) == 0) {
+            *out = (shop_strategy)i;
+            return true;
+        }
+    return false;
+}
+
+/* ---- routes ------------------------------------------------------------------ */
+
+typedef enum shop_access {
+    ACCESS_ANYONE,
+    ACCESS_ADMIN,
+    ACCESS_OWNER_PATH, /* the admin, or the account whose id is in the path */
+    ACCESS_SIGNED_IN   /* the admin or any account; the handler decides whose
+                          resource it is (from the body or the row) */
+} shop_access;
+
+typedef struct shop_route {
+    const char *method;
+    const char *pattern; /* "{id}" stands for a positive int64 segment */
+    const char *label;   /* static, for logs and metrics */
+    shop_access access;
+    bool write;
+    shop_handler handler;
+} shop_route;
+
+#define ROUTE(m, p, a, w, h) {m, p, m " " p, a, w, h}
+
+/* NOTE: each path takes one method, so a 405's Allow is the method of the
+   route whose path matched; a path with two methods would need a combined
+   Allow string. */
+static const shop_route ROUTES[] = {
+    ROUTE("POST", "/v1/accounts", ACCESS_ADMIN, true, accounts_create),
+    ROUTE("GET", "/v1/accounts/{id}", ACCESS_OWNER_PATH, false, accounts_get),
+    ROUTE("POST", "/v1/accounts/{id}/deposits", ACCESS_OWNER_PATH, true,
+          accounts_deposit),
+    ROUTE("GET", "/v1/accounts/{id}/orders", ACCESS_OWNER_PATH, false,
+          accounts_orders),
+    ROUTE("POST", "/v1/products", ACCESS_ADMIN, true, products_create),
+    ROUTE("GET", "/v1/products/{id}", ACCESS_ANYONE, false, products_get),
+    ROUTE("POST", "/v1/products/{id}/restock", ACCESS_ADMIN, true,
+          products_restock),
+    ROUTE("POST", "/v1/coupons", ACCESS_ADMIN, true, coupons_create),
+    ROUTE("GET", "/v1/coupons/{id}", ACCESS_ANYONE, false, coupons_get),
+    ROUTE("POST", "/v1/coupons/{id}/claims", ACCESS_SIGNED_IN, true,
+          coupons_claim),
+    ROUTE("POST", "/v1/orders", ACCESS_SIGNED_IN, true, orders_create),
+    ROUTE("GET", "/v1/orders/{id}", ACCESS_SIGNED_IN, false, orders_get),
+};
+
+#define ROUTE_COUNT (sizeof ROUTES / sizeof ROUTES[0])
+
+/* A path id is canonical decimal: 1..INT64_MAX, no sign, no leading zero,
+   so that each resource has exactly one URL. */
+bool shop_parse_id(const char *s, size_t len, int64_t *out)
+{
+    if (len == 0 || len > 19 || s[0] == '0')
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (v > (uint64_t)INT64_MAX)
+        return false;
+    *out = (int64_t)v;
+    return true;
+}
+
+static bool path_matches(const char *pattern, const char *path, int64_t *id)
+{
+    static const char ID[] = "{id}";
+    while (*pattern) {
+        if (strncmp(pattern, ID, sizeof ID - 1) == 0) {
+            size_t len = strcspn(path, "/");
+            if (!shop_parse_id(path, len, id))
+                return false;
+            pattern += sizeof ID - 1;
+            path += len;
+        } else if (*pattern++ != *path++) {
+            return false;
+        }
+    }
+    return *path == '\0';
+}
+
+/* The route for the request, or NULL with the 404/405 in res. */
+static const shop_route *route_find(const shop_request *req, shop_response *res,
+                                    int64_t *id)
+{
+    const shop_route *path_match = NULL;
+    for (size_t i = 0; i < ROUTE_COUNT; i++) {
+        int64_t v = 0;
+        if (!path_matches(ROUTES[i].pattern, req->path, &v))
+            continue;
+        if (strcmp(ROUTES[i].method, req->method) == 0) {
+            *id = v;
+            return &ROUTES[i];
+        }
+        path_match = &ROUTES[i];
+    }
+    if (path_match) {
+        res->allow = path_match->method;
+        res->route = path_match->pattern;
+        reply_error(res, 405, "method_not_allowed", "%s is not allowed on %s; use %s",
+                    req->method, path_match->pattern, path_match->method);
+    } else {
+        reply_error(res, 404, "not_found", "no route for %s", req->path);
+    }
+    return NULL;
+}
+
+/* ---- auth and strategy ----------------------------------------------------- */
+
+static bool authorize(shop_ctx *ctx, shop_access access)
+{
+    if (access == ACCESS_ANYONE)
+        return true;
+    if (!auth_identify(ctx))
+        return false;
+    if (ctx->role == SHOP_ROLE_NONE) {
+        reply_error(ctx->res, 401, "unauthorized",
+                    "a valid 'Authorization: Bearer <token>' is required");
+        return false;
+    }
+    if (ctx->role == SHOP_ROLE_ADMIN || access == ACCESS_SIGNED_IN)
+        return true;
+    if (access == ACCESS_OWNER_PATH)
+        return auth_may_act_for(ctx, ctx->id);
+    reply_error(ctx->res, 403, "forbidden", "only the admin may do this");
+    return false;
+}
+
+static bool choose_strategy(shop_ctx *ctx)
+{
+    const char *h = ctx->req->strategy;
+    ctx->strategy = ctx->app->default_strategy;
+    if (h && !shop_strategy_parse(h, &ctx->strategy)) {
+        reply_error(ctx->res, 400, "invalid_strategy",
+                    "Pgtx-Strategy must be one of atomic, lock, optimistic, "
+                    "serializable");
+        return false;
+    }
+    if (ctx->strategy == SHOP_NAIVE && !ctx->app->allow_unsafe) {
+        reply_error(ctx->res, 400, "unsafe_strategy_disabled",
+                    "the naive strategy loses updates; the server must be "
+                    "started with --allow-unsafe to accept it");
+        return false;
+    }
+    ctx->res->strategy = shop_strategy_name(ctx->strategy);
+    return true;
+}
+
+/* ---- the app --------------------------------------------------------------------- */
+
+static pgtx_status engine_new(pgtx_pool *pool, pgtx_isolation iso, bool read_only,
+                              pgtx_engine **out, pgtx_error *err)
+{
+    pgtx_engine_options opt;
+    pgtx_engine_options_init(&opt);
+    opt.isolation = iso;
+    opt.read_only = read_only;
+    /* Live under heavy contention (64 clients on one row): the optimistic and
+       serializable strategies lose most races there, so they get many short
+       attempts rather than a few long sleeps. */
+    opt.retry.max_attempts = 100;
+    opt.retry.budget_ms = 20000;
+    opt.retry.base_delay_ms = 1;
+    opt.retry.max_delay_ms = 50;
+    return pgtx_engine_create(pool, &opt, out, err);
+}
+
+pgtx_status shop_app_create(pgtx_pool *pool, shop_metrics *metrics,
+                            const shop_config *cfg, const char *admin_token,
+                            shop_app **out, pgtx_error *err)
+{
+    if (pool == NULL || cfg == NULL || out == NULL ||
+        (unsigned)cfg->strategy >= SHOP_STRATEGY_COUNT)
+        return pgtx_fail(err, PGTX_INVALID, "pool, config and out are required");
+    shop_app *app = calloc(1, sizeof *app);
+    if (app == NULL)
+        return pgtx_fail(err, PGTX_NOMEM, "out of memory");
+    app->pool = pool;
+    app->metrics = metrics;
+    app->default_strategy = cfg->strategy;
+    app->allow_unsafe = cfg->allow_unsafe;
+    pgtx_status st = engine_new(pool, PGTX_READ_COMMITTED, false, &app->writer, err);
+    if (st == PGTX_OK)
+        st = engine_new(pool, PGTX_SERIALIZABLE, false, &app->serializable, err);
+    if (st == PGTX_OK)
+        st = engine_new(pool, PGTX_READ_COMMITTED, true, &app->reader, err);
+    if (st == PGTX_OK && !auth_init(app, admin_token))
+        st = pgtx_fail(err, PGTX_INVALID, "libsodium could not be initialised");
+    if (st != PGTX_OK) {
+        shop_app_destroy(app);
+        return st;
+    }
+    *out = app;
+    return PGTX_OK;
+}
+
+void shop_app_destroy(shop_app *app)
+{
+    if (app == NULL)
+        return;
+    pgtx_engine_destroy(app->writer);
+    pgtx_engine_destroy(app->serializable);
+    pgtx_engine_destroy(app->reader);
+    free(app);
+}
+
+void shop_app_handle(shop_app *app, const shop_request *req, shop_response *res)
+{
+    res->status = 500;
+    res->body = NULL;
+    res->retries = -1;
+    res->retry_after = 0;
+    res->route = "unknown";
+    res->strategy = NULL;
+    res->allow = NULL;
+    if (req->method == NULL || req->path == NULL) {
+        reply_error(res, 404, "not_found", "no route");
+        return;
+    }
+    shop_ctx ctx = {.app = app, .req = req, .res = res};
+    const shop_route *r = route_find(req, res, &ctx.id);
+    if (r == NULL)
+        return;
+    res->route = r->label;
+    ctx.write = r->write;
+    if (!authorize(&ctx, r->access) || (r->write && !choose_strategy(&ctx)))
+        return;
+    r->handler(&ctx);
+}

@@ -1,0 +1,286 @@
+/*
+ * app_internal.h — what the domain side of pgtx-shop shares between its
+ * files: the app, one request's context, faults, request bodies, replies,
+ * the SQL helpers and the route handlers.  Nothing here is seen by the HTTP
+ * side, which knows only shop.h.
+ *
+ *   app.c           shop_app_create/destroy/handle: routing, auth, strategy
+ *   auth.c          admin and account tokens
+ *   body.c          JSON request bodies checked against a field list
+ *   reply.c         JSON responses, errors, libpgtx statuses as HTTP
+ *   store.c         running transactions, rows as JSON, counters per strategy
+ *   route_*.c       one handler per route
+ *   migrate.c       shop_migrate (the scripts of sql/, compiled in)
+ */
+#ifndef PGTX_SHOP_APP_INTERNAL_H
+#define PGTX_SHOP_APP_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "shop.h"
+
+#if defined(__GNUC__)
+#define APP_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define APP_PRINTF(f, a)
+#endif
+
+/* crypto_generichash output kept for tokens and request hashes. */
+#define SHOP_HASH_BYTES 32
+/* Longest name, coupon code or Idempotency-Key, in bytes. */
+#define SHOP_TEXT_MAX 200
+
+struct shop_app {
+    pgtx_pool *pool;            /* borrowed */
+    shop_metrics *metrics;      /* borrowed; NULL counts nothing */
+    pgtx_engine *writer;        /* owned: READ COMMITTED */
+    pgtx_engine *serializable;  /* owned: SERIALIZABLE, for that strategy */
+    pgtx_engine *reader;        /* owned: READ COMMITTED, READ ONLY */
+    shop_strategy default_strategy;
+    bool allow_unsafe;
+    bool has_admin;             /* false: no admin token, admin routes 401 */
+    unsigned char admin_hash[SHOP_HASH_BYTES];
+};
+
+/* ---- one request ----------------------------------------------------------- */
+
+typedef enum shop_role {
+    SHOP_ROLE_NONE,    /* no token, or one that matches nothing */
+    SHOP_ROLE_ADMIN,
+    SHOP_ROLE_ACCOUNT  /* ctx->account_id's own token */
+} shop_role;
+
+typedef struct shop_ctx {
+    shop_app *app;             /* borrowed */
+    const shop_request *req;   /* borrowed */
+    shop_response *res;        /* the answer being built */
+    int64_t id;                /* the path's {id}; 0 when it has none */
+    shop_role role;
+    int64_t account_id;        /* SHOP_ROLE_ACCOUNT: whose token it is */
+    shop_strategy strategy;    /* write routes: the request's strategy */
+    bool write;                /* a write route: reports retries, metrics */
+} shop_ctx;
+
+/*
+ * What a transaction body decided to answer instead of committing (a 404
+ * found inside, a business 409, a 422): set by fault_abort(), which rolls
+ * the transaction back.  `overflow` names what a SQLSTATE 22003 (a bigint
+ * result out of range) overflowed, for the 422 message.
+ */
+typedef struct shop_fault {
+    int status;           /* 0: none */
+    const char *code;     /* static */
+    const char *overflow; /* static, or NULL: "the result" */
+    char message[200];
+} shop_fault;
+
+/* Records the fault and returns PGTX_ABORTED (filling *err) for the
+   callback to return. */
+pgtx_status fault_abort(shop_fault *f, pgtx_error *err, int status,
+                        const char *code, const char *fmt, ...)
+    APP_PRINTF(5, 6);
+/* Clears a fault at the start of an attempt (a callback may run again). */
+void fault_reset(shop_fault *f);
+
+/* A decimal id as the API writes them: 1..INT64_MAX, digits only, no
+   leading zero (app.c). */
+bool shop_parse_id(const char *s, size_t len, int64_t *out);
+
+/* ---- replies (reply.c) ----------------------------------------------------- */
+
+/* {"error":{"code","message"}} with `status`; replaces any body. */
+void reply_error(shop_response *res, int status, const char *code,
+                 const char *fmt, ...) APP_PRINTF(4, 5);
+/* `body` is stolen (even on failure); NULL or unprintable becomes a 500. */
+void reply_json(shop_response *res, int status, json_t *body);
+/* A failed pgtx_run as HTTP: the fault if the body set one, else 503s for
+   the pool, the connection and exhausted retries, 422 for 22003, else 500. */
+void reply_failure(shop_response *res, pgtx_status st, const pgtx_run_info *info,
+                   const pgtx_error *err, const shop_fault *fault);
+
+/* ---- request bodies (body.c) ------------------------------------------------ */
+
+typedef enum shop_field_kind {
+    SHOP_FIELD_INT,  /* a JSON integer >= min */
+    SHOP_FIELD_TEXT  /* a JSON string of 1..SHOP_TEXT_MAX bytes */
+} shop_field_kind;
+
+typedef struct shop_field {
+    const char *name;
+    shop_field_kind kind;
+    int64_t min;     /* INT: the smallest valid value */
+    bool optional;   /* may be absent or null */
+} shop_field;
+
+#define SHOP_BODY_FIELDS 4
+
+typedef struct shop_body {
+    json_t *doc;                          /* owned: body_free() */
+    bool present[SHOP_BODY_FIELDS];
+    int64_t num[SHOP_BODY_FIELDS];        /* INT fields */
+    const char *text[SHOP_BODY_FIELDS];   /* TEXT fields, borrowed from doc */
+} shop_body;
+
+/* Parses the request's body against `fields` (at most SHOP_BODY_FIELDS, in
+   the order their errors are reported).  False: the 400/422 is in ctx->res
+   and *out holds nothing to free. */
+bool body_parse(shop_ctx *ctx, const shop_field *fields, int n, shop_body *out);
+void body_free(shop_body *b);
+
+/* ---- auth (auth.c) ----------------------------------------------------------- */
+
+/* Base64url of 32 random bytes: the secret half of an account token. */
+#define SHOP_SECRET_LEN 43
+
+/* Hashes the admin token into app (NULL or "" leaves no admin). */
+bool auth_init(shop_app *app, const char *admin_token);
+/* Sets ctx->role (and account_id) from the Authorization header, looking
+   account tokens up in the database.  False: the database failed and the
+   503 is in ctx->res. */
+bool auth_identify(shop_ctx *ctx);
+/* A new secret (NUL-terminated) and the hash stored for it.  False when
+   libsodium could not be initialised. */
+bool auth_secret_new(char secret[SHOP_SECRET_LEN + 1],
+                     unsigned char hash[SHOP_HASH_BYTES]);
+/* 403 unless the caller is the admin or `account_id`'s owner. */
+bool auth_may_act_for(shop_ctx *ctx, int64_t account_id);
+
+/* ---- transactions and rows (store.c) ----------------------------------------- */
+
+/* An int64 as a text parameter. */
+typedef struct shop_num {
+    char s[24];
+} shop_num;
+shop_num num_of(int64_t v);
+
+/* The engine a write of this request runs on (by its strategy). */
+pgtx_engine *engine_for(const shop_ctx *ctx);
+
+/* pgtx_run plus, for write routes, Pgtx-Retries, the strategy and the
+   metrics.  Returns the status; *err says more. */
+pgtx_status run_raw(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
+                    void *arg, pgtx_run_info *info, pgtx_error *err);
+/* run_raw that answers every failure: true when it committed. */
+bool run_tx(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
+            const shop_fault *fault);
+
+/* Row `row` of `r` as an object keyed by column name, its first `ncols`
+   columns (-1: all): int8/int4 as integers, text as strings, NULL as null.
+   NULL when out of memory or a value does not convert. */
+json_t *row_json(const PGresult *r, int row, int ncols);
+/* Replies with row 0 of `r` (not freed). */
+void reply_row(shop_response *res, int status, const PGresult *r);
+
+/* The columns of each resource as the API shows them, in its order. */
+#define ACCOUNT_COLUMNS "id, name, balance, version"
+#define PRODUCT_COLUMNS "id, name, price, stock, version"
+#define COUPON_COLUMNS "id, code, discount, quantity, remaining"
+#define ORDER_COLUMNS                                                          \
+    "id, account_id, product_id, quantity, unit_price, discount, total, "    \
+    "coupon_id"
+
+/* A column of one row that the strategies change by a delta. */
+typedef struct counter_sql {
+    const char *what;     /* "account" — for messages */
+    const char *atomic;   /* in place, guarded: $1 id, $2 delta */
+    const char *peek;     /* the value alone, to explain a guarded miss */
+    const char *read;     /* value, version */
+    const char *lock;     /* value, version, row locked */
+    const char *write;    /* $1 id, $2 new value */
+    const char *write_if; /* ... only if version = $3 */
+} counter_sql;
+
+extern const counter_sql COUNTER_BALANCE;   /* account.balance */
+extern const counter_sql COUNTER_STOCK;     /* product.stock */
+extern const counter_sql COUNTER_REMAINING; /* coupon.remaining */
+
+typedef enum counter_result {
+    COUNTER_DONE,
+    COUNTER_MISSING,  /* no such row */
+    COUNTER_FLOOR,    /* it would go below 0 */
+    COUNTER_OVERFLOW  /* it would not fit in 64 bits */
+} counter_result;
+
+/* Adds `delta` to the counter of row `id` the way strategy `s` writes.
+   *row (may be NULL) gets the changed row's RETURNING columns when DONE
+   (caller PQclears).  The statuses are those of pgtx_query (STALE for a
+   lost optimistic race). */
+pgtx_status counter_add(pgtx_tx *tx, const counter_sql *sql, shop_strategy s,
+                        int64_t id, int64_t delta, counter_result *out,
+                        PGresult **row, pgtx_error *err);
+
+/* A counter that did not change (not DONE) as the fault to answer:
+   MISSING 404, OVERFLOW 422 (f->overflow names what), FLOOR 409 with
+   `floor_code`.  Returns PGTX_ABORTED. */
+pgtx_status counter_fault(shop_fault *f, pgtx_error *err, const counter_sql *sql,
+                          int64_t id, counter_result cr, const char *floor_code,
+                          const char *floor_message);
+
+/* A PGresult out-parameter emptied at the start of an attempt. */
+void result_reset(PGresult **r);
+
+/* One statement as a transaction body (pgtx_tx_fn over a stmt_arg). */
+typedef struct stmt_arg {
+    const char *sql;
+    int n;
+    const char *params[4]; /* borrowed */
+    PGresult *rows;        /* out, owned by the caller */
+} stmt_arg;
+pgtx_status stmt_tx(pgtx_tx *tx, void *p, pgtx_error *err);
+
+/* A 32-byte hash as a bytea parameter: "\x" and 64 hex digits. */
+#define SHOP_BYTEA_HEX_LEN (2 + 2 * SHOP_HASH_BYTES)
+void bytea_hex(const unsigned char hash[SHOP_HASH_BYTES],
+               char out[SHOP_BYTEA_HEX_LEN + 1]);
+
+/* A write route that adds a positive body field to a counter and records
+   the change (deposit: ledger; restock: restock).  The path's id is the
+   row. */
+typedef struct shop_bump {
+    const counter_sql *counter;
+    const char *field;     /* the body's one field, an int > 0 */
+    const char *history;   /* INSERT of the record: $1 the id, $2 the delta */
+    const char *overflow;  /* what a 64-bit overflow overflows, for the 422 */
+} shop_bump;
+void bump_handle(shop_ctx *ctx, const shop_bump *bump);
+
+/* ---- route handlers (route_*.c) ------------------------------------------- */
+
+typedef void (*shop_handler)(shop_ctx *ctx);
+
+void accounts_create(shop_ctx *ctx);
+void accounts_get(shop_ctx *ctx);
+void accounts_deposit(shop_ctx *ctx);
+void accounts_orders(shop_ctx *ctx);
+void products_create(shop_ctx *ctx);
+void products_get(shop_ctx *ctx);
+void products_restock(shop_ctx *ctx);
+void coupons_create(shop_ctx *ctx);
+void coupons_get(shop_ctx *ctx);
+void coupons_claim(shop_ctx *ctx);
+void orders_create(shop_ctx *ctx);
+void orders_get(shop_ctx *ctx);
+
+/* GET of one row by the path's id on the read-only engine: replies 200 with
+   it, or 404 "<what> <id> not found".  *out (may be NULL) keeps the row for
+   the caller to check before replying — then nothing is replied on success
+   and the caller PQclears. */
+bool fetch_by_id(shop_ctx *ctx, const char *sql, const char *what,
+                 PGresult **out);
+
+/* ---- migrations (generated from sql/ by embed_sql.cmake) ------------------- */
+
+typedef struct shop_migration {
+    int version;       /* NNN of NNN_what.sql */
+    const char *name;  /* the file name */
+    const char *sql;   /* the whole script */
+} shop_migration;
+
+extern const shop_migration SHOP_MIGRATIONS[];
+extern const size_t SHOP_MIGRATION_COUNT;
+
+#endif

@@ -1,0 +1,30 @@
+# embed_sql.cmake: writes the shop's migrations (SQL_DIR/NNN_what.sql) into a
+# C file (OUT) so that the binary carries its schema and needs no files at
+# run time.  Run as `cmake -DSQL_DIR=... -DOUT=... -P embed_sql.cmake`.
+# The scripts become byte arrays, not string literals: a schema easily
+# passes the 4095 characters ISO C promises for a literal.
+file(GLOB scripts "${SQL_DIR}/*.sql")
+list(SORT scripts)
+set(arrays "")
+set(entries "")
+set(i 0)
+foreach(f ${scripts})
+  get_filename_component(name "${f}" NAME)
+  if(NOT name MATCHES "^([0-9]+)_[A-Za-z0-9_]+\\.sql$")
+    message(FATAL_ERROR "${name}: a migration is named NNN_what.sql")
+  endif()
+  string(REGEX REPLACE "^0*([0-9])" "\\1" version "${CMAKE_MATCH_1}")
+  file(READ "${f}" hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+  string(APPEND arrays "/* ${name} */\nstatic const unsigned char SQL_${i}[] = {\n    ${bytes}0};\n\n")
+  string(APPEND entries "    {${version}, \"${name}\", (const char *)SQL_${i}},\n")
+  math(EXPR i "${i} + 1")
+endforeach()
+if(i EQUAL 0)
+  message(FATAL_ERROR "no migrations in ${SQL_DIR}")
+endif()
+set(text "/* Generated from the sql folder by embed_sql.cmake: do not edit. */\n")
+string(APPEND text "#include \"app_internal.h\"\n\n${arrays}")
+string(APPEND text "const shop_migration SHOP_MIGRATIONS[] = {\n${entries}};\n")
+string(APPEND text "const size_t SHOP_MIGRATION_COUNT = ${i};\n")
+file(WRITE "${OUT}" "${text}")

@@ -1,0 +1,147 @@
+/* reply.c — JSON responses, error bodies, and libpgtx's statuses as HTTP answers. */
+#include "app_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The last resort when even an error body cannot be built: no body. */
+static void reply_oom(shop_response *res)
+{
+    free(res->body);
+    res->body = NULL;
+    res->status = 500;
+}
+
+void reply_json(shop_response *res, int status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (text == NULL) {
+        reply_oom(res);
+        return;
+    }
+    free(res->body);
+    res->body = text;
+    res->status = status;
+}
+
+/* vsnprintf may cut a message inside a UTF-8 sequence, which jansson would
+   refuse: drop the incomplete tail. */
+static void utf8_clip(char *s)
+{
+    size_t len = strlen(s), lead = len;
+    while (lead > 0 && len - lead < 4 && ((unsigned char)s[lead - 1] & 0xC0) == 0x80)
+        lead--;
+    if (lead == 0)
+        return;
+    unsigned char c = (unsigned char)s[lead - 1];
+    size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+    if (len - (lead - 1) < need)
+        s[lead - 1] = '\0';
+}
+
+APP_PRINTF(4, 0)
+static void reply_verror(shop_response *res, int status, const char *code,
+                         const char *fmt, va_list ap)
+{
+    char message[300];
+    vsnprintf(message, sizeof message, fmt, ap);
+    utf8_clip(message);
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message",
+                             message);
+    if (body == NULL) /* not UTF-8 at all (a server message in Latin-1...) */
+        body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message",
+                         "(the message is not valid UTF-8)");
+    if (body == NULL) {
+        reply_oom(res);
+        return;
+    }
+    reply_json(res, status, body);
+}
+
+void reply_error(shop_response *res, int status, const char *code,
+                 const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    reply_verror(res, status, code, fmt, ap);
+    va_end(ap);
+}
+
+pgtx_status fault_abort(shop_fault *f, pgtx_error *err, int status,
+                        const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(f->message, sizeof f->message, fmt, ap);
+    va_end(ap);
+    f->status = status;
+    f->code = code;
+    return pgtx_fail(err, PGTX_ABORTED, "%s: %s", code, f->message);
+}
+
+void fault_reset(shop_fault *f)
+{
+    f->status = 0;
+    f->code = NULL;
+    f->message[0] = '\0';
+}
+
+/* 503s tell the client to come back: nothing it sent was wrong. */
+static void reply_unavailable(shop_response *res, const char *code,
+                              const char *what, const pgtx_error *err)
+{
+    reply_error(res, 503, code, "%s: %s", what, err->message);
+    res->retry_after = 1;
+}
+
+static void reply_sql(shop_response *res, const pgtx_error *err,
+                      const shop_fault *fault)
+{
+    if (strcmp(err->sqlstate, "22003") == 0) {
+        const char *what = fault && fault->overflow ? fault->overflow : "a result";
+        reply_error(res, 422, "out_of_range", "%s would not fit in 64 bits (%s)",
+                    what, err->message);
+        return;
+    }
+    reply_error(res, 500, "internal", "%s (SQLSTATE %s): %s",
+                pgtx_status_name(err->status),
+                err->sqlstate[0] ? err->sqlstate : "none", err->message);
+}
+
+void reply_failure(shop_response *res, pgtx_status st, const pgtx_run_info *info,
+                   const pgtx_error *err, const shop_fault *fault)
+{
+    if (st == PGTX_ABORTED && fault && fault->status) {
+        reply_error(res, fault->status, fault->code, "%s", fault->message);
+        return;
+    }
+    switch (pgtx_status_class(st)) {
+    case PGTX_CLASS_POOL:
+        reply_unavailable(res, "overloaded", "no database connection in time", err);
+        return;
+    case PGTX_CLASS_TIMEOUT: /* only a server-side statement or lock timeout */
+        reply_unavailable(res, "overloaded", "a database wait timed out", err);
+        return;
+    case PGTX_CLASS_CONNECTION:
+        if (st == PGTX_COMMIT_UNKNOWN)
+            reply_unavailable(res, "commit_unknown",
+                              "the outcome of the write is unknown", err);
+        else
+            reply_unavailable(res, "database_unavailable",
+                              "the database cannot be reached", err);
+        return;
+    case PGTX_CLASS_RETRYABLE:
+        reply_unavailable(res, "retry_exhausted",
+                          info && info->exhausted
+                              ? "the retry budget ran out under contention"
+                              : "the transaction kept conflicting",
+                          err);
+        return;
+    default:
+        reply_sql(res, err, fault);
+        return;
+    }
+}
