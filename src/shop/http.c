@@ -159,10 +159,12 @@ static pgtx_status select_one(pgtx_tx *tx, void *arg, pgtx_error *err)
     return pgtx_query(tx, "SELECT 1", 0, NULL, NULL, err);
 }
 
+/* A 405's route label is the bare path, as the app labels its own. */
 static bool only_get(http_job *job)
 {
     if (strcmp(job->req.method, "GET") == 0)
         return true;
+    job->res.route = strchr(job->res.route, '/');
     set_error(&job->res, 405, "method_not_allowed", "only GET is allowed here", 0);
     job->res.allow = "GET";
     return false;
