@@ -26,6 +26,7 @@ import json
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -70,16 +71,81 @@ def log(msg):
 
 # ---------------------------------------------------------------- psql -----
 
+class _Psql:
+    """One psql process kept open for the whole test (a fresh psql per check
+    costs tens of milliseconds; a test runs hundreds of checks).  Scripts
+    are separated by an \\echo marker; any SQL error fails the test."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.proc = None
+        self.buf = b""
+        self.seq = 0
+        self.err = []
+
+    def _start(self):
+        cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        if DSN:
+            cmd += ["-d", DSN]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.buf, self.err = b"", []
+        self.err_reader = threading.Thread(target=self._drain_err, args=(self.proc, self.err), daemon=True)
+        self.err_reader.start()
+
+    @staticmethod
+    def _drain_err(proc, sink):
+        for line in proc.stderr:
+            sink.append(line.decode("utf-8", "replace").rstrip())
+
+    def run(self, script, timeout=60.0):
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            self.seq += 1
+            marker = "__shoplib_end_%d__" % self.seq
+            try:
+                self.proc.stdin.write((script + "\n\\echo " + marker + "\n").encode())
+                self.proc.stdin.flush()
+            except OSError:
+                pass  # psql died: reported below
+            deadline = time.monotonic() + timeout
+            end = ("\n" + marker + "\n").encode()
+            fd = self.proc.stdout.fileno()
+            while end not in b"\n" + self.buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.close()
+                    fail("psql gave no answer within %.0f s; script:\n%s" % (timeout, script))
+                ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+                if ready:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        rc = self.proc.wait(timeout=10)
+                        self.err_reader.join(timeout=10)  # psql's last words
+                        err = "\n".join(self.err)
+                        self.proc = None
+                        fail("psql failed (exit %s): %s\nscript:\n%s" % (rc, err, script))
+                    self.buf += chunk
+            text, _, self.buf = (b"\n" + self.buf).partition(end)
+            return [line for line in text.decode("utf-8").split("\n") if line != ""]
+
+    def close(self):
+        if self.proc is not None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+            self.proc = None
+
+
+_psql = _Psql()
+
+
 def psql(script, timeout=60.0):
-    """Runs an SQL script with psql (unaligned, tuples only); returns stdout
-    lines.  Any SQL error fails the test."""
-    cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
-    if DSN:
-        cmd += ["-d", DSN]
-    p = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        fail("psql failed (exit %d): %s\nscript:\n%s" % (p.returncode, p.stderr.strip(), script))
-    return [line for line in p.stdout.splitlines() if line != ""]
+    """Runs an SQL script (unaligned, tuples only); returns stdout lines."""
+    return _psql.run(script, timeout)
 
 
 def sql_json(*queries):
@@ -211,10 +277,11 @@ class Server:
         self.name = name or "server%d" % next(Server._seq)
         self.proc = None
         self.host = self.port = None
-        self.stdout_lines = []
+        self.stdout_lines = []  # this process's stdout so far
         self._cv = threading.Condition()
-        self._eof = False
-        self.log_path = None
+        self._eof = None  # [bool] per process
+        self.log_path = None  # this process's stderr
+        self.log_paths = []   # every process's (one per start)
 
     @property
     def addr(self):
@@ -222,7 +289,11 @@ class Server:
 
     def start(self):
         fd, self.log_path = tempfile.mkstemp(prefix="pgtx-shop-e2e-%s-" % self.name, suffix=".log")
-        self.stdout_lines, self._eof = [], False
+        self.log_paths.append(self.log_path)
+        # fresh per process: a killed predecessor's reader may still be
+        # finishing with its own pipe
+        lines, eof = [], [False]
+        self.stdout_lines, self._eof = lines, eof
         cmd = [self.h.binary, "--database", DSN, "--listen", self.listen,
                "--admin-token", self.h.admin_token] + self.extra
         with os.fdopen(fd, "wb") as logf:
@@ -230,11 +301,12 @@ class Server:
                                          stderr=logf, start_new_session=True)
         if self not in self.h.servers:
             self.h.servers.append(self)
-        threading.Thread(target=self._drain, name="drain-" + self.name, daemon=True).start()
+        threading.Thread(target=self._drain, args=(self.proc, lines, eof),
+                         name="drain-" + self.name, daemon=True).start()
         deadline = time.monotonic() + START_DEADLINE
         with self._cv:
-            while not self.stdout_lines:
-                if self._eof:
+            while not lines:
+                if eof[0]:
                     rc = self.proc.wait(timeout=STOP_DEADLINE)
                     fail("%s exited with %s before its listening line; stderr:\n%s"
                          % (self.name, rc, self.log_tail()))
@@ -243,7 +315,7 @@ class Server:
                     fail("%s printed no line within %.0f s; stderr:\n%s"
                          % (self.name, START_DEADLINE, self.log_tail()))
                 self._cv.wait(min(left, 1.0))
-            first = self.stdout_lines[0]
+            first = lines[0]
         m = LISTEN_RE.match(first)
         check(m, lambda: "%s: first stdout line is %r, expected 'pgtx-shop: listening on http://HOST:PORT'"
               % (self.name, first))
@@ -254,13 +326,13 @@ class Server:
         check(self.port != 0, "%s: listening line shows port 0" % self.name)
         return self
 
-    def _drain(self):
-        for raw in self.proc.stdout:
+    def _drain(self, proc, lines, eof):
+        for raw in proc.stdout:
             with self._cv:
-                self.stdout_lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
                 self._cv.notify_all()
         with self._cv:
-            self._eof = True
+            eof[0] = True
             self._cv.notify_all()
 
     def alive(self):
@@ -548,6 +620,7 @@ def run(test_name, main, min_args=1):
         h.failures.append("unexpected exception:\n" + traceback.format_exc())
     finally:
         h.stop_all()
+        _psql.close()
     took = time.monotonic() - t0
     if h.failures:
         for f in h.failures:
@@ -557,8 +630,9 @@ def run(test_name, main, min_args=1):
         print("%s: %d failure(s) in %.1f s" % (test_name, len(h.failures), took), flush=True)
         sys.exit(1)
     for s in h.servers:
-        try:
-            os.unlink(s.log_path)
-        except OSError:
-            pass
+        for path in s.log_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
     print("%s: all ok in %.1f s" % (test_name, took), flush=True)

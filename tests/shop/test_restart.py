@@ -28,13 +28,14 @@ import sys
 import threading
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shoplib  # noqa: E402
 from shoplib import check, fail  # noqa: E402
 
-WORKERS = 8
+WORKERS = 12
 MAX_OPS = 5000            # per worker, a bound that time should hit first
-PHASE_ACKS = 150          # acknowledged writes to wait for between faults
+PHASE_ACKS = 300          # acknowledged writes to wait for between faults
 PHASE_DEADLINE = 60.0 * shoplib.SLOW
 INITIAL = 10**9
 PRICE = 3
@@ -115,6 +116,10 @@ def wait_acks(workers, target, what):
         time.sleep(0.02)  # polling a counter, bounded by the deadline
 
 
+def request_lines(server):
+    return sum(1 for line in server.log_text().splitlines() if "route=" in line)
+
+
 def main(h):
     a, b = h.start_pair()
     prod = h.create_product(price=PRICE, stock=10**12)
@@ -128,16 +133,18 @@ def main(h):
     try:
         wait_acks(workers, PHASE_ACKS, "warm-up")
         acks = sum(w.acks for w in workers)
+        served = request_lines(a)
         a.kill()
-        timeline.append("%.2f s: SIGKILL %s after %d acks" % (time.monotonic() - t0, a.name, acks))
+        timeline.append("%.2f s: SIGKILL %s after %d acks (it had logged %d requests)"
+                        % (time.monotonic() - t0, a.name, acks, served))
         ts = time.monotonic()
         a.restart()
         timeline.append("%.2f s: %s back in %.2f s" % (time.monotonic() - t0, a.name, time.monotonic() - ts))
         wait_acks(workers, acks + PHASE_ACKS, "after the SIGKILL")
         acks = sum(w.acks for w in workers)
         took = b.stop()
-        timeline.append("%.2f s: SIGTERM %s under load after %d acks: exit 0 in %.2f s"
-                        % (time.monotonic() - t0, b.name, acks, took))
+        timeline.append("%.2f s: SIGTERM %s under load after %d acks (it had logged %d requests): exit 0 in %.2f s"
+                        % (time.monotonic() - t0, b.name, acks, request_lines(b), took))
         ts = time.monotonic()
         b.restart()
         timeline.append("%.2f s: %s back in %.2f s" % (time.monotonic() - t0, b.name, time.monotonic() - ts))
@@ -159,7 +166,7 @@ def main(h):
 
     # every order: acknowledged ones are in the database; the others resolve
     # with their key to exactly one order
-    c = h.client(a.addr)
+    c = shoplib.Client(*a.addr)  # a fresh connection: the old ones died with their servers
     resent = collections.Counter()
     by_key = {}
     for w in workers:
