@@ -17,6 +17,7 @@
 
 #include <jansson.h>
 
+#include "app_internal.h" /* reply_failure, for the status mapping */
 #include "shop.h"
 
 #define ADMIN "test-admin-token-5f8a1c"
@@ -318,7 +319,7 @@ static void test_routing(void **state)
     (void)state;
     const char *unknown[] = {"/", "/v1", "/v1/accounts/", "/v1/accounts/1/",
                              "/v1/accounts/abc", "/v1/accounts/0", "/v1/accounts/-1",
-                             "/v1/accounts/" BIG, "/v1/accounts/9223372036854775808",
+                             ("/v1/accounts/" BIG), "/v1/accounts/9223372036854775808",
                              "/v1/accounts/007", "/v1/accounts/+1", "/v1/accounts/1.5",
                              "/v1/accounts//deposits", "/v1/accounts/1/foo",
                              "/v1/accountsx", "/v2/accounts", "/healthz/x", ""};
@@ -357,15 +358,15 @@ static void test_auth(void **state)
     snprintf(other, sizeof other, "%s", a.token);
     other[strlen(other) - 1] = other[strlen(other) - 1] == 'A' ? 'B' : 'A';
     snprintf(wrong_id, sizeof wrong_id, "%lld%s", b.id, strchr(a.token, '.'));
-    const char *bad[] = {"Bearer nope", "Bearer " ADMIN "x", "Basic " ADMIN, "Bearer",
-                         "Bearer ", ADMIN, "bearer-" ADMIN, ""};
+    const char *bad[] = {"Bearer nope", ("Bearer " ADMIN "x"), ("Basic " ADMIN), "Bearer",
+                         "Bearer ", ADMIN, ("bearer-" ADMIN), ""};
     snprintf(path, sizeof path, "/v1/accounts/%lld", a.id);
     long long before = fingerprint();
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect_error(REQ(.method = "GET", .path = path, .auth = bad[i]), 401,
                      "unauthorized");
     expect_error(REQ(.method = "GET", .path = path), 401, "unauthorized");
-    const char *tokens[] = {truncated, other, wrong_id, "1.abc", "0." ADMIN};
+    const char *tokens[] = {truncated, other, wrong_id, "1.abc", ("0." ADMIN)};
     for (size_t i = 0; i < sizeof tokens / sizeof tokens[0]; i++)
         expect_error(REQ(.method = "GET", .path = path, .token = tokens[i]), 401,
                      "unauthorized");
@@ -1016,6 +1017,49 @@ static void test_database_trouble(void **state)
     pgtx_pool_destroy(busy);
 }
 
+/* ---- libpgtx statuses as HTTP (the ones hard to cause on purpose) ---------------- */
+
+static reply mapped(pgtx_status st, bool exhausted, const char *sqlstate)
+{
+    shop_response res;
+    memset(&res, 0, sizeof res);
+    pgtx_run_info info = {.attempts = 100, .exhausted = exhausted};
+    pgtx_error err;
+    pgtx_fail(&err, st, "%s", pgtx_status_text(st));
+    snprintf(err.sqlstate, sizeof err.sqlstate, "%s", sqlstate);
+    reply_failure(&res, st, &info, &err, NULL);
+    reply r = {.status = res.status, .retry_after = res.retry_after, .text = res.body};
+    r.json = json_loads(res.body, 0, NULL);
+    return r;
+}
+
+static void test_status_mapping(void **state)
+{
+    (void)state;
+    struct { pgtx_status st; bool exhausted; const char *sqlstate; int status;
+             const char *code; int retry_after; } cases[] = {
+        {PGTX_POOL_TIMEOUT, false, "", 503, "overloaded", 1},
+        {PGTX_POOL_CLOSED, false, "", 503, "overloaded", 1},
+        {PGTX_CONNECT, false, "", 503, "database_unavailable", 1},
+        {PGTX_CONNECTION_LOST, true, "", 503, "database_unavailable", 1},
+        {PGTX_COMMIT_UNKNOWN, false, "", 503, "commit_unknown", 1},
+        {PGTX_SERIALIZATION, true, "40001", 503, "retry_exhausted", 1},
+        {PGTX_DEADLOCK, true, "40P01", 503, "retry_exhausted", 1},
+        {PGTX_STALE, true, "", 503, "retry_exhausted", 1},
+        {PGTX_SQL, false, "22003", 422, "out_of_range", 0},
+        {PGTX_SQL, false, "22021", 422, "invalid_value", 0},
+        {PGTX_SQL, false, "42P01", 500, "internal", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        reply r = mapped(cases[i].st, cases[i].exhausted, cases[i].sqlstate);
+        assert_int_equal(r.retry_after, cases[i].retry_after);
+        expect_error(r, cases[i].status, cases[i].code);
+    }
+    reply r = mapped(PGTX_SQL, false, "42P01");
+    assert_non_null(strstr(r.text, "42P01"));
+    reply_free(&r);
+}
+
 static void test_invariants(void **state)
 {
     (void)state;
@@ -1041,6 +1085,7 @@ int main(void)
         cmocka_unit_test(test_idempotency_concurrent),
         cmocka_unit_test(test_deposits_concurrent),
         cmocka_unit_test(test_database_trouble),
+        cmocka_unit_test(test_status_mapping),
         cmocka_unit_test(test_invariants),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

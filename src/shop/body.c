@@ -126,21 +126,21 @@ static bool field_valid(shop_ctx *ctx, const shop_field *f, const shop_body *b,
 {
     if (!b->present[i])
         return true;
-    if (f->kind == SHOP_FIELD_INT && b->num[i] < f->min) {
+    if (f->kind == SHOP_FIELD_INT) {
+        if (b->num[i] >= f->min)
+            return true;
         reply_error(ctx->res, 422, "invalid_value",
                     "field '%s' must be at least %lld, got %lld", f->name,
                     (long long)f->min, (long long)b->num[i]);
         return false;
     }
-    /* jansson refuses \u0000, so strlen is the byte length. */
-    size_t len = f->kind == SHOP_FIELD_TEXT ? strlen(b->text[i]) : 1;
-    if (len == 0 || len > SHOP_TEXT_MAX) {
-        reply_error(ctx->res, 422, "invalid_value",
-                    "field '%s' must be 1 to %d bytes long, got %zu", f->name,
-                    SHOP_TEXT_MAX, len);
-        return false;
-    }
-    return true;
+    size_t len = strlen(b->text[i]); /* jansson refuses \u0000 */
+    if (len >= 1 && len <= SHOP_TEXT_MAX)
+        return true;
+    reply_error(ctx->res, 422, "invalid_value",
+                "field '%s' must be 1 to %d bytes long, got %zu", f->name,
+                SHOP_TEXT_MAX, len);
+    return false;
 }
 
 bool body_parse(shop_ctx *ctx, const shop_field *fields, int n, shop_body *out)

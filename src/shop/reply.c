@@ -106,6 +106,13 @@ static void reply_sql(shop_response *res, const pgtx_error *err,
                     what, err->message);
         return;
     }
+    /* Class 22 is the data a request carried (a bad encoding, a value the
+       column type refuses): the client's to fix, never a 500. */
+    if (strncmp(err->sqlstate, "22", 2) == 0) {
+        reply_error(res, 422, "invalid_value", "the database refused a value: %s",
+                    err->message);
+        return;
+    }
     reply_error(res, 500, "internal", "%s (SQLSTATE %s): %s",
                 pgtx_status_name(err->status),
                 err->sqlstate[0] ? err->sqlstate : "none", err->message);
