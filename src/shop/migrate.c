@@ -10,7 +10,7 @@
 #include <stdio.h>
 
 /* "pgtxshop" in ASCII: any fixed key works, as long as it is this one. */
-#define MIGRATE_LOCK_KEY "8099578230406785136"
+#define MIGRATE_LOCK_KEY "8099570515530248048"
 
 
 /* The script runs through the simple query protocol, the only one that
