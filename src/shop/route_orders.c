@@ -343,7 +343,8 @@ void orders_create(shop_ctx *ctx)
     pgtx_run_info info;
     pgtx_error err;
     pgtx_status st = run_raw(ctx, engine_for(ctx), order_tx, &a, &info, &err);
-    if (st == PGTX_UNIQUE_VIOLATION && a.key)
+    if (st == PGTX_UNIQUE_VIOLATION && a.key &&
+        strstr(err.message, "orders_idempotency_key") != NULL)
         st = run_raw(ctx, ctx->app->reader, replay_tx, &a, &info, &err);
     if (st == PGTX_OK)
         order_reply(ctx, &a);
