@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,6 +49,8 @@ SLOW = 3.0 if os.environ.get("ASAN_OPTIONS") or os.environ.get("PGTX_E2E_SLOW") 
 START_DEADLINE = 60.0 * SLOW   # until the "listening" line
 STOP_DEADLINE = 30.0 * SLOW    # from SIGTERM to exit
 HTTP_TIMEOUT = 60.0 * SLOW     # per socket operation
+
+SETPRIV = shutil.which("setpriv")
 
 LISTEN_RE = re.compile(r"^pgtx-shop: listening on http://([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)$")
 
@@ -296,6 +299,11 @@ class Server:
         self.stdout_lines, self._eof = lines, eof
         cmd = [self.h.binary, "--database", DSN, "--listen", self.listen,
                "--admin-token", self.h.admin_token] + self.extra
+        if SETPRIV:
+            # a safety net only: should this test die without its clean-up,
+            # the server goes with it (servers are started from the main
+            # thread, which lives as long as the test)
+            cmd = [SETPRIV, "--pdeathsig", "KILL"] + cmd
         with os.fdopen(fd, "wb") as logf:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=logf, start_new_session=True)
@@ -334,6 +342,16 @@ class Server:
         with self._cv:
             eof[0] = True
             self._cv.notify_all()
+
+    def wait_stdout(self, n, timeout=10.0):
+        """The first n stdout lines (fewer if the deadline passes first)."""
+        deadline = time.monotonic() + timeout * SLOW
+        with self._cv:
+            lines = self.stdout_lines
+            while len(lines) < n and not self._eof[0] and time.monotonic() < deadline:
+                self._cv.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            check(len(lines) >= n, lambda: "%s: %d stdout lines, want %d: %r" % (self.name, len(lines), n, lines))
+            return list(lines)
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -612,6 +630,10 @@ def run(test_name, main, min_args=1):
         sys.exit(1)
     h = Harness(binary, test_name)
     t0 = time.monotonic()
+
+    def terminated(signum, _frame):
+        raise TestFailure("terminated by signal %d" % signum)
+    signal.signal(signal.SIGTERM, terminated)
     try:
         main(h)
     except TestFailure as e:

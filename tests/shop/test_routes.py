@@ -12,10 +12,14 @@ change) and the invariants are checked.
 usage: test_routes.py PGTX_SHOP_BINARY
 """
 
+import concurrent.futures
 import contextlib
 import json
 import os
+import shutil
+import subprocess
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
@@ -253,9 +257,25 @@ def main(h):
     T = Routes(h)
     A = B = P = K = None
 
-    with T.section("server start"):
-        check(len(srv.stdout_lines) >= 1, "no stdout")
-        shoplib.log("listening line: %s" % srv.stdout_lines[0])
+    with T.section("server start: stdout lines, the quick-start curl line works"):
+        lines = srv.wait_stdout(3)
+        shoplib.log("stdout: %s" % " | ".join(lines[:3]))
+        check(lines[1].startswith("admin token: "), lambda: "second stdout line %r, want 'admin token: ...'"
+              % lines[1])
+        check("curl" in lines[2], lambda: "third stdout line %r, want a curl command" % lines[2])
+        if shutil.which("curl"):
+            # the printed command, run as printed, with the token in the
+            # environment variable it names (or given inline)
+            cmd = lines[2].split(":", 1)[1].strip() if lines[2].startswith("try:") else lines[2]
+            env = dict(os.environ, PGTX_ADMIN_TOKEN=h.admin_token)
+            p = subprocess.run(["sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=30)
+            try:
+                made = json.loads(p.stdout)
+            except ValueError:
+                made = None
+            check(p.returncode == 0 and isinstance(made, dict) and is_int(made.get("id")),
+                  lambda: "the printed curl line %r, run with PGTX_ADMIN_TOKEN set, gave exit %d and %r"
+                  % (cmd, p.returncode, (p.stdout + p.stderr)[:300]))
 
     # ---- happy paths -------------------------------------------------------
     with T.section("accounts: create, get (admin and owner), deposit"):
@@ -792,6 +812,42 @@ def main(h):
         sc.close()
         took = small.stop()
         shoplib.log("413: ok; the --max-body server stopped in %.2f s" % took)
+
+    with T.section("503 overloaded: a tiny queue and pool under 40 concurrent deposits"):
+        busy = h.start_server(extra=["--threads", "2", "--queue", "1", "--pool-size", "1", "--max-overflow", "0",
+                                     "--pool-timeout-ms", "1"])
+        acct = T.account(0)
+        path = "/v1/accounts/%d/deposits" % acct["id"]
+        n = 40
+        barrier = threading.Barrier(n, timeout=60 * shoplib.SLOW)
+
+        def hit(_):
+            bc = shoplib.Client(busy.host, busy.port)
+            try:
+                barrier.wait()
+                return bc.request("POST", path, {"amount": 1}, token=acct["token"])
+            finally:
+                bc.close()
+        with concurrent.futures.ThreadPoolExecutor(n) as ex:
+            results = list(ex.map(hit, range(n)))
+        T.cases += n
+        T.snap = None
+        ok = [r for r in results if r.status == 200]
+        over = [r for r in results if r.status == 503]
+        odd = [r for r in results if r.status not in (200, 503)]
+        check(not odd, lambda: "overload: statuses other than 200/503: %s" % odd[:3])
+        for r in over:
+            T.check_error("POST %s under overload" % path, r, 503, "overloaded")
+            check(r.headers.get("retry-after") == "1", lambda: "503 overloaded with Retry-After %r, want 1"
+                  % r.headers.get("retry-after"))
+        bal = T.get_account(acct["id"])["balance"]
+        rows = shoplib.sql_json("SELECT count(*) AS n FROM ledger WHERE account_id = %d AND kind = 'deposit'"
+                                % acct["id"])[0]["n"]
+        check(bal == len(ok) and rows == len(ok), lambda: "overload: %d x 200 but balance %d and %d deposit rows"
+              % (len(ok), bal, rows))
+        busy.stop()
+        shoplib.log("overload: %d x 200, %d x 503 overloaded (Retry-After: 1); balance = the 200s" % (len(ok),
+                                                                                                  len(over)))
 
     with T.section("final invariants"):
         n = T.h.check_invariants(what="end of test_routes")
