@@ -32,14 +32,15 @@ ROUND_DEADLINE = 120.0 * shoplib.SLOW
 
 def deposit_round(h, addr, acct, strategy):
     """64 clients x 50 deposits of 1; returns (statuses, retries, elapsed,
-    samples of non-200 responses)."""
+    samples of non-200 responses).  strategy "mixed": client i uses
+    STRATEGIES[i % 4], all on the same row at once."""
     path = "/v1/accounts/%d/deposits" % acct["id"]
-    hdr = {"Pgtx-Strategy": strategy}
     started = []
     barrier = threading.Barrier(CLIENTS, action=lambda: started.append(time.monotonic()),
                                 timeout=60 * shoplib.SLOW)
 
-    def worker(_):
+    def worker(i):
+        hdr = {"Pgtx-Strategy": STRATEGIES[i % len(STRATEGIES)] if strategy == "mixed" else strategy}
         c = shoplib.Client(*addr)
         statuses, retries, odd = collections.Counter(), 0, []
         try:
@@ -86,7 +87,7 @@ def main(h):
     shoplib.log("two servers on 127.0.0.1:%d (pids %d, %d); %d clients x %d deposits of 1"
                 % (servers[0].port, servers[0].proc.pid, servers[1].proc.pid, CLIENTS, PER_CLIENT))
     report = []
-    for s in STRATEGIES:
+    for s in STRATEGIES + ("mixed",):
         acct = h.create_account(INITIAL)
         logged = deposit_lines(servers)
         statuses, retries, elapsed, odd = deposit_round(h, servers[0].addr, acct, s)

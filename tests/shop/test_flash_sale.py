@@ -7,7 +7,8 @@ strategy and with a fresh coupon each time, all 1000 claim it at once from
 server processes sharing a port).  Exactly 100 claims get 201, the other
 900 get 409 coupon_exhausted, nothing else; the coupon's remaining is 0,
 coupon_claim holds exactly the 100 winners once each, and the invariants
-hold.
+hold.  Then every winner spends the coupon on two orders at once: exactly
+one goes through; an order with an unclaimed coupon is refused.
 
 usage: test_flash_sale.py PGTX_SHOP_BINARY
 """
@@ -95,6 +96,38 @@ def flash_round(h, ex, accounts, strategy):
           % (strategy, len(rows), len(claimed), len(winners), sorted(claimed ^ winners)[:10]))
     check(all(row["order_id"] is None for row in rows), "%s: a fresh claim has an order_id" % strategy)
     h.check_invariants(accounts=[], products=[], coupons=[k["id"]], what=strategy)
+
+    # then each winner spends the coupon twice at once (price = discount: the
+    # orders are free, the balances 0): one order each, the other
+    # coupon_already_used; a loser's order with it is coupon_not_claimed
+    prod = h.create_product(price=k["discount"], stock=10 * QUANTITY)
+    by_id = {x["id"]: x for x in accounts}
+    losers = [by_id[aid] for aid, r in results if r.status != 201][:QUANTITY]
+    jobs = [(by_id[aid], n) for aid in sorted(winners) for n in range(2)] + [(x, 0) for x in losers]
+
+    def spend(job):
+        acct, _ = job
+        check(time.monotonic() < deadline, "%s: the round ran past its deadline" % strategy)
+        body = {"account_id": acct["id"], "product_id": prod["id"], "quantity": 1, "coupon_id": k["id"]}
+        return acct["id"], h.client().request("POST", "/v1/orders", body, token=acct["token"], headers=hdr)
+    spent = list(ex.map(spend, jobs))
+    per_acct = collections.defaultdict(list)
+    for aid, r in spent:
+        per_acct[aid].append((r.status, r.error_code))
+    for aid in winners:
+        got = sorted(per_acct[aid], key=str)
+        check(got == [(201, None), (409, "coupon_already_used")],
+              lambda: "%s: a winner's two concurrent orders with the coupon: %s, want one 201 and one 409 "
+              "coupon_already_used" % (strategy, got))
+    for x in losers:
+        check(per_acct[x["id"]] == [(409, "coupon_not_claimed")],
+              lambda: "%s: an order with an unclaimed coupon: %s" % (strategy, per_acct[x["id"]]))
+    rows = shoplib.sql_json("SELECT account_id, total, discount FROM orders WHERE product_id = %d" % prod["id"])
+    check(sorted(r["account_id"] for r in rows) == sorted(winners) and all(r["total"] == 0 for r in rows),
+          lambda: "%s: orders with the coupon %s, want one per winner, total 0" % (strategy, rows[:5]))
+    h.check_invariants(accounts=winners, products=[prod["id"]], coupons=[k["id"]], what=strategy + " spend")
+    shoplib.log("%-12s coupon spent twice at once by each winner: %d orders, %d x coupon_already_used"
+                % (strategy, len(rows), sum(v.count((409, "coupon_already_used")) for v in per_acct.values())))
     return strategy, len(accounts) / took, retries, took
 
 

@@ -738,6 +738,14 @@ def main(h):
         o = T.order(other, P, 2, token=other["token"], key=key)
         check(o["id"] != first["id"], "the same key from another account returned the first account's order")
         check(T.get_account(buyer["id"])["balance"] == 800, "buyer charged once")
+        # a refused order leaves nothing behind: its key is still free
+        late = T.account(50)
+        key2 = T.h.unique("idem")
+        body = {"account_id": late["id"], "product_id": P["id"], "quantity": 1}
+        T.err("POST", "/v1/orders", body, token=late["token"], headers={"Idempotency-Key": key2}, status=409,
+              code="insufficient_funds")
+        T.deposit(late, 50)
+        T.order(late, P, 1, token=late["token"], key=key2)
 
     # ---- framing, body size ----------------------------------------------------
     with T.section("400 bad_request: duplicate Content-Length, Content-Length with chunked"):
