@@ -406,7 +406,7 @@ static void print_ready(const service *s)
         printf("admin token: %s (%s)\n", s->token, s->token_where);
     else
         printf("admin token: (%s; not shown)\n", s->token_where);
-    printf("try: curl -s -X POST %s/v1/accounts -H 'Authorization: Bearer %s' "
+    printf("try: curl -s -X POST %s/v1/accounts -H \"Authorization: Bearer %s\" "
            "-H 'Content-Type: application/json' -d '{\"name\":\"alice\",\"balance\":10000}'\n",
            url, s->token_shown ? s->token : "$PGTX_ADMIN_TOKEN");
     fflush(stdout);
