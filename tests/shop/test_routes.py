@@ -136,8 +136,10 @@ class Routes:
 
     def check_error(self, what, r, status, code=None, codes=None, allow=None):
         want = set(codes) if codes else {code}
-        check(r.status == status and r.error_code in want,
-              lambda: "%s: want %d %s, got %r" % (what, status, "/".join(sorted(want)), r))
+        statuses = status if isinstance(status, (set, frozenset)) else {status}
+        check(r.status in statuses and r.error_code in want,
+              lambda: "%s: want %s %s, got %r" % (what, "/".join(map(str, sorted(statuses))),
+                                                  "/".join(sorted(want)), r))
         check(r.headers.get("content-type", "").startswith("application/json"),
               lambda: "%s: error Content-Type %r" % (what, r.headers.get("content-type")))
         msg = r.json["error"].get("message")
@@ -282,6 +284,8 @@ def main(h):
         A = T.account(1000)
         B = T.account(1000)
         Z = T.account(0)  # a zero balance is allowed
+        U = T.account(1, name=T.h.unique("Zo\u00eb \U0001F600 \u4e2d\"q\" \\ /"))  # Unicode and escapes round-trip
+        check(T.get_account(U["id"])["name"] == U["name"], "a Unicode name changed on the way back")
         check(T.get_account(Z["id"])["balance"] == 0, "zero-balance account")
         got = T.get_account(A["id"])
         check(got == {k: A[k] for k in ACCOUNT_KEYS}, lambda: "GET account %s vs create %s" % (got, A))
@@ -426,6 +430,18 @@ def main(h):
         for raw in [b"[]", b"1", b'"amount"', b"null", b"[{\"amount\": 1}]"]:
             T.err("POST", dep_path, raw=raw, status=400, codes={"malformed_json", "invalid_type"})
         T.err("POST", dep_path, raw=b"", status=400, codes={"malformed_json", "missing_field"})
+
+    with T.section("hostile bodies: a 4xx with an error body, never a 5xx, nothing changed"):
+        n = T.h.unique("h")
+        for raw in [b'{"name": "a\\u0000b", "balance": 1}', b'{"name": "\\ud800", "balance": 1}',
+                    b'{"name": "%s", "balance": 1, "name": "y"}' % n.encode(), b"[" * 5000 + b"]" * 5000,
+                    b'{"name": {"a": ' * 3000 + b"1" + b"}" * 3000, b'\xef\xbb\xbf{"name": "x", "balance": 1}',
+                    b'{"name": "%s", "balance": 1}\x00' % n.encode(), b"\x00" * 100,
+                    ('{"name": "%s", "balance": 1e400}' % n).encode(), b'{"name": "x", "balance": -}']:
+            T.err("POST", "/v1/accounts", raw=raw, status={400, 422},
+                  codes={"malformed_json", "invalid_type", "invalid_value", "out_of_range"})
+        T.soft(lambda: T.err("POST", dep_path, raw=b'{"amount": 1, "amount": 1000}', status=400,
+                             codes={"malformed_json", "invalid_value"}))
 
     with T.section("400 invalid_type (string, float, bool, null, array, object for ints; non-strings)"):
         bad_ints = ['"1"', "1.0", "1.5", "1e2", "true", "false", "null", "[1]", '{"v": 1}']
