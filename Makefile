@@ -51,7 +51,7 @@ test-tsan: deps
 	  scripts/with-pg.sh ctest --test-dir $(TSAN_BUILD) --output-on-failure -R 'pool|runner|concurrency'
 
 bench-lib: all
-	scripts/with-pg.sh $(BUILD)/bench-lib
+	scripts/with-pg.sh $(BUILD)/bench-lib --seconds 2 --rounds 7
 
 install: configure
 	cmake --build $(BUILD) -j $(JOBS)
