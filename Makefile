@@ -48,7 +48,7 @@ test-tsan: deps
 	    -DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=thread
 	cmake --build $(TSAN_BUILD) -j $(JOBS)
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-	  scripts/with-pg.sh ctest --test-dir $(TSAN_BUILD) --output-on-failure -R 'pool|runner|concurrency'
+	  scripts/with-pg.sh ctest --test-dir $(TSAN_BUILD) --output-on-failure -R 'pool|runner|concurrency|shop_app'
 
 bench-lib: all
 	scripts/with-pg.sh $(BUILD)/bench-lib --seconds 2 --rounds 7
