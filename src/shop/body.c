@@ -66,6 +66,11 @@ static json_t *load(shop_ctx *ctx)
     json_t *doc = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &e);
     if (doc == NULL && json_error_code(&e) == json_error_numeric_overflow)
         reply_overflow(ctx, &e);
+    else if (doc == NULL && json_error_code(&e) == json_error_null_character)
+        /* jansson's own text names its flag, which means nothing to a client. */
+        reply_error(ctx->res, 400, "malformed_json",
+                    "a string at line %d, column %d holds \\u0000, which is not accepted",
+                    e.line, e.column);
     else if (doc == NULL)
         reply_error(ctx->res, 400, "malformed_json",
                     "invalid JSON at line %d, column %d: %s", e.line, e.column,
