@@ -332,11 +332,11 @@ static void test_routing(void **state)
     expect_error(REQ(.method = "GET", .path = "/v1/accounts/" INT64_MAX_TEXT,
                      .token = ADMIN), 404, "not_found");
     struct { const char *method, *path, *allow; } wrong[] = {
-        {"DELETE", "/v1/accounts/1", "GET"}, {"GET", "/v1/accounts", "POST"},
+        {"DELETE", "/v1/accounts/1", "GET, HEAD"}, {"GET", "/v1/accounts", "POST"},
         {"GET", "/v1/accounts/1/deposits", "POST"}, {"PUT", "/v1/products", "POST"},
-        {"POST", "/v1/products/1", "GET"}, {"GET", "/v1/coupons/1/claims", "POST"},
-        {"GET", "/v1/orders", "POST"}, {"PATCH", "/v1/orders/1", "GET"},
-        {"POST", "/v1/accounts/1/orders", "GET"}};
+        {"POST", "/v1/products/1", "GET, HEAD"}, {"GET", "/v1/coupons/1/claims", "POST"},
+        {"GET", "/v1/orders", "POST"}, {"PATCH", "/v1/orders/1", "GET, HEAD"},
+        {"POST", "/v1/accounts/1/orders", "GET, HEAD"}};
     for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
         /* no token at all: the route is decided before auth */
         reply r = REQ(.method = wrong[i].method, .path = wrong[i].path, .body = "{}");

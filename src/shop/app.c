@@ -120,7 +120,8 @@ static const shop_route *route_find(const shop_request *req, shop_response *res,
         path_match = &ROUTES[i];
     }
     if (path_match) {
-        res->allow = path_match->method;
+        /* A GET route also answers HEAD (http.c maps it). */
+        res->allow = strcmp(path_match->method, "GET") == 0 ? "GET, HEAD" : path_match->method;
         res->route = path_match->pattern;
         reply_error(res, 405, "method_not_allowed", "%s is not allowed on %s; use %s",
                     req->method, path_match->pattern, path_match->method);

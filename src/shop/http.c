@@ -43,6 +43,7 @@ typedef struct http_job {
     bool too_large;
     bool loopback;         /* the client is on this machine */
     const char *content_type; /* static */
+    const char *method;    /* as sent (req.method says GET for a HEAD) */
     shop_response res;     /* res.body owned until handed to MHD */
     struct timespec started;
 } http_job;
@@ -166,7 +167,7 @@ static bool only_get(http_job *job)
         return true;
     job->res.route = strchr(job->res.route, '/');
     set_error(&job->res, 405, "method_not_allowed", "only GET is allowed here", 0);
-    job->res.allow = "GET";
+    job->res.allow = "GET, HEAD";
     return false;
 }
 
@@ -357,8 +358,10 @@ static http_job *job_new(struct MHD_Connection *conn, const char *url,
     job->conn = conn;
     job->state = JOB_READING;
     job->content_type = "application/json";
+    job->method = method;
+    /* HEAD is GET without the body (RFC 9110), which MHD leaves out. */
     job->req = (shop_request){
-        .method = method,
+        .method = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0 ? MHD_HTTP_METHOD_GET : method,
         .path = url,
         .authorization = header(conn, MHD_HTTP_HEADER_AUTHORIZATION),
         .strategy = header(conn, "Pgtx-Strategy"),
@@ -502,7 +505,7 @@ static void log_request(const http_job *job, int status, double secs,
         snprintf(retries, sizeof retries, "%d", job->res.retries);
     snprintf(line, sizeof line,
              "method=%s route=\"%s\" status=%d dur_ms=%.1f retries=%s strategy=%s%s",
-             job->req.method, job->res.route ? job->res.route : "unknown", status,
+             job->method, job->res.route ? job->res.route : "unknown", status,
              secs * 1e3, retries, job->res.strategy ? job->res.strategy : "-",
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
     shop_log_fields(SHOP_LOG_INFO, line);

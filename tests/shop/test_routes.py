@@ -363,6 +363,11 @@ def main(h):
     with T.section("healthz and metrics"):
         r = T.request("GET", "/healthz", token=None)
         check(r.status == 200, lambda: "GET /healthz: %r" % r)
+        # HEAD is GET without the body, on the service's own routes too
+        r = T.request("HEAD", "/healthz", token=None)
+        check(r.status == 200 and not r.body, lambda: "HEAD /healthz: %r" % r)
+        r = T.request("HEAD", "/v1/products/%d" % P["id"], token=None)
+        check(r.status == 200 and not r.body, lambda: "HEAD /v1/products/{id}: %r" % r)
         r = T.request("GET", "/metrics", token=None)
         check(r.status == 200, lambda: "GET /metrics: %r" % r)
         check(r.headers.get("content-type", "").startswith("text/plain"),
