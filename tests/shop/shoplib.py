@@ -252,6 +252,17 @@ class Client:
         return r
 
 
+def metric(c, name):
+    """The value of one unlabelled sample of GET /metrics, through client c."""
+    r = c.request("GET", "/metrics")
+    check(r.status == 200, lambda: "GET /metrics: %r" % r)
+    for line in r.body.decode("utf-8", "replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == name:
+            return float(parts[1])
+    fail("GET /metrics: no %s" % name)
+
+
 def raw_exchange(host, port, data, timeout=HTTP_TIMEOUT):
     """Sends raw bytes on a fresh socket; returns the parsed first response
     (or raises on a connection error)."""
@@ -273,9 +284,10 @@ class Server:
 
     _seq = itertools.count(1)
 
-    def __init__(self, harness, listen="127.0.0.1:0", extra=(), name=None):
+    def __init__(self, harness, listen="127.0.0.1:0", extra=(), name=None, database=None):
         self.h = harness
         self.listen = listen
+        self.database = DSN if database is None else database
         self.extra = list(extra)
         self.name = name or "server%d" % next(Server._seq)
         self.proc = None
@@ -297,7 +309,7 @@ class Server:
         # finishing with its own pipe
         lines, eof = [], [False]
         self.stdout_lines, self._eof = lines, eof
-        cmd = [self.h.binary, "--database", DSN, "--listen", self.listen,
+        cmd = [self.h.binary, "--database", self.database, "--listen", self.listen,
                "--admin-token", self.h.admin_token] + self.extra
         if SETPRIV:
             # a safety net only: should this test die without its clean-up,
@@ -416,8 +428,9 @@ class Harness:
         self.default_addr = None
 
     # ---- servers
-    def start_server(self, listen="127.0.0.1:0", extra=(), name=None):
-        s = Server(self, listen, extra, name).start()
+    def start_server(self, listen="127.0.0.1:0", extra=(), name=None, database=None):
+        """database: a connection string other than DSN (a proxy's, say)."""
+        s = Server(self, listen, extra, name, database).start()
         if self.default_addr is None:
             self.default_addr = s.addr
         return s

@@ -274,16 +274,6 @@ class Burst:
         return n200, n503, retry_after
 
 
-def metric(c, name):
-    r = c.request("GET", "/metrics")
-    check(r.status == 200, lambda: "GET /metrics: %r" % r)
-    for line in r.body.decode("utf-8", "replace").splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == name:
-            return float(parts[1])
-    fail("GET /metrics: no %s" % name)
-
-
 def deposits_in_db(account_id):
     row = shoplib.sql_json("SELECT a.balance, (SELECT count(*) FROM ledger l WHERE l.account_id = a.id"
                            " AND l.kind = 'deposit') AS deposits FROM account a WHERE a.id = %d" % account_id)
@@ -300,7 +290,7 @@ def overload_round(h, s, flags, max_admitted, pool_refusals):
     try:
         acct = h.create_account(INITIAL, c=c)
         aid = acct["id"]
-        timeouts0 = metric(c, "pgtx_shop_pool_timeouts_total")
+        timeouts0 = shoplib.metric(c, "pgtx_shop_pool_timeouts_total")
         lock = RowLock(aid)
         try:
             lock.acquire()
@@ -319,7 +309,7 @@ def overload_round(h, s, flags, max_admitted, pool_refusals):
         n200, n503, ra = burst.classify(flags + ", row locked")
         check(n503 >= 1 and n200 >= 1, "%s, row locked: %d x 200, %d x 503; want some of each" % (flags, n200, n503))
         check(n200 <= max_admitted, "%s, row locked: %d x 200, want at most %d" % (flags, n200, max_admitted))
-        timeouts = metric(c, "pgtx_shop_pool_timeouts_total") - timeouts0
+        timeouts = shoplib.metric(c, "pgtx_shop_pool_timeouts_total") - timeouts0
         if pool_refusals:
             check(timeouts == n503, "%s: pool_timeouts_total rose by %d, %d answers were 503"
                   % (flags, timeouts, n503))

@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+"""test_faults - the database fails under a running pgtx-shop.
+
+The server reaches PostgreSQL through a small TCP proxy of this test's
+(127.0.0.1 only), which can cut a connection at an exact point of the
+protocol or stop answering altogether:
+
+1. COMMIT lost on the way in: the proxy drops the order's COMMIT and closes
+   the connection, so the transaction rolls back.  The client gets 503
+   `commit_unknown` with Retry-After; sent again with the same
+   Idempotency-Key the order is created (201), once.
+2. COMMIT's answer lost on the way back: the proxy passes COMMIT, swallows
+   PostgreSQL's reply and closes.  503 `commit_unknown` again; sent again
+   with the same key the first order comes back (200, the body GET gives),
+   and there is still one order for that key.
+3. The database goes away (every connection closed, every new one refused
+   at once): /healthz and every database route answer 503 with Retry-After
+   within the pool's timeout, /metrics still answers, and nothing changes.
+4. The database hangs (connections accepted, never answered): the same
+   503s within the pool's timeout: no request hangs.
+5. It comes back: /healthz is 200 again within a deadline, writes succeed,
+   and the invariants of API.md hold, with exactly the acknowledged
+   deposits in the ledger.
+
+usage: test_faults.py PGTX_SHOP_BINARY
+"""
+
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True  # keep the source tree clean
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shoplib  # noqa: E402
+from shoplib import check, fail, log  # noqa: E402
+
+SLOW = shoplib.SLOW
+POOL_TIMEOUT_MS = 1000
+# a refused request may wait out the pool's timeout, a connect attempt and
+# a scheduling hiccup; far below it is fine, beyond it is a hang
+ANSWER_BOUND = (POOL_TIMEOUT_MS / 1000.0 + 4.0) * SLOW
+RECOVER_DEADLINE = 30.0 * SLOW
+CLIENT_TIMEOUT = 30.0 * SLOW
+OUTAGE_REQUESTS = 3              # per kind of request, per outage
+SSL_REQUEST, GSS_REQUEST = 80877103, 80877104
+
+
+def recv_exact(sock, n):
+    """n bytes, or None when the peer closed first."""
+    buf = b""
+    while len(buf) < n:
+        try:
+            chunk = sock.recv(n - len(buf))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def close_quietly(sock):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def upstream_address():
+    """Where PostgreSQL listens for this test's DSN: ('tcp', host, port) or
+    ('unix', path), plus the user and database to log in as."""
+    row = shoplib.psql("SELECT concat_ws('|', coalesce(host(inet_server_addr()), ''),"
+                       " current_setting('port'), current_setting('unix_socket_directories'),"
+                       " current_user, current_database());")[0]
+    host, port, sockdirs, user, db = row.split("|")
+    if host:
+        return ("tcp", host, int(port)), user, db
+    first = sockdirs.split(",")[0].strip()
+    return ("unix", os.path.join(first, ".s.PGSQL.%s" % port)), user, db
+
+
+def conninfo_quote(v):
+    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Pair:
+    """One client connection through the proxy and its server connection."""
+
+    def __init__(self, client):
+        self.client = client
+        self.server = None
+        self.swallow = False  # the next server bytes answer a COMMIT: drop them, then cut
+
+    def close(self):
+        close_quietly(self.client)
+        if self.server is not None:
+            close_quietly(self.server)
+
+
+class PgProxy:
+    """A PostgreSQL protocol proxy on 127.0.0.1 with faults on demand.
+
+    mode: "up" forwards; "down" closes every connection and refuses new
+    ones at once; "hang" accepts and never answers.  arm_cut("before" |
+    "after") cuts the next COMMIT's connection, before passing COMMIT on or
+    after PostgreSQL answered it.  It answers SSL and GSS encryption requests
+    with 'N' itself, so that it can read the messages it forwards."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.lock = threading.Lock()
+        self.mode = "up"
+        self.cut = None
+        self.cuts = []           # what was cut, in order
+        self.pairs = set()
+        self.hung = []           # sockets accepted in "hang" mode
+        self.stopping = False
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept_loop, name="proxy-accept", daemon=True)]
+        self.threads[0].start()
+
+    # ---- control
+    def set_mode(self, mode):
+        with self.lock:
+            self.mode = mode
+            doomed = list(self.pairs) if mode != "up" else []
+            hung, self.hung = (self.hung, []) if mode != "hang" else ([], self.hung)
+        for p in doomed:
+            p.close()
+        for s in hung:
+            close_quietly(s)
+
+    def arm_cut(self, where):
+        with self.lock:
+            self.cut = where
+
+    def stop(self):
+        with self.lock:
+            self.stopping = True
+        self.set_mode("down")
+        for t in self.threads:
+            t.join(timeout=10)
+        self.sock.close()
+
+    # ---- plumbing
+    def _accept_loop(self):
+        while True:
+            with self.lock:
+                if self.stopping:
+                    return
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            c.settimeout(None)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                mode = self.mode
+                if mode == "hang":
+                    self.hung.append(c)
+                    continue
+            if mode == "down":
+                close_quietly(c)
+                continue
+            p = Pair(c)
+            with self.lock:
+                self.pairs.add(p)
+            t = threading.Thread(target=self._serve, args=(p,), name="proxy-conn", daemon=True)
+            with self.lock:
+                self.threads = [x for x in self.threads if x.is_alive()] + [t]
+            t.start()
+
+    def _connect_upstream(self):
+        if self.upstream[0] == "unix":
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(self.upstream[1])
+        else:
+            s = socket.create_connection(self.upstream[1:], timeout=10)
+            s.settimeout(None)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def _startup(self, p):
+        """Reads the client's startup packet (answering encryption requests
+        with 'N' on the way) and passes it on; False when it went away."""
+        for _ in range(3):
+            head = recv_exact(p.client, 8)
+            if head is None:
+                return False
+            length, code = struct.unpack("!II", head)
+            if length in (8,) and code in (SSL_REQUEST, GSS_REQUEST):
+                p.client.sendall(b"N")
+                continue
+            rest = recv_exact(p.client, length - 8)
+            if rest is None:
+                return False
+            p.server = self._connect_upstream()
+            p.server.sendall(head + rest)
+            return True
+        return False
+
+    def _serve(self, p):
+        try:
+            if not self._startup(p):
+                return
+            back = threading.Thread(target=self._pump_back, args=(p,), name="proxy-back", daemon=True)
+            back.start()
+            self._pump_forward(p)
+            p.close()  # wakes the other direction
+            back.join(timeout=CLIENT_TIMEOUT)
+        except OSError:
+            pass
+        finally:
+            p.close()
+            with self.lock:
+                self.pairs.discard(p)
+
+    def _take_cut(self, typ, body):
+        if typ != b"Q" or body.rstrip(b"\0").strip().upper() != b"COMMIT":
+            return None
+        with self.lock:
+            where, self.cut = self.cut, None
+        return where
+
+    def _pump_forward(self, p):
+        while True:
+            head = recv_exact(p.client, 5)
+            if head is None:
+                return
+            typ, length = head[:1], struct.unpack("!I", head[1:])[0]
+            body = recv_exact(p.client, length - 4)
+            if body is None:
+                return
+            where = self._take_cut(typ, body)
+            if where == "before":
+                with self.lock:
+                    self.cuts.append("before")
+                return  # COMMIT never reaches PostgreSQL: it rolls back
+            if where == "after":
+                p.swallow = True
+            p.server.sendall(head + body)
+
+    def _pump_back(self, p):
+        while True:
+            try:
+                data = p.server.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                p.close()
+                return
+            if p.swallow:
+                # PostgreSQL has answered COMMIT (it committed); the client
+                # never hears it
+                with self.lock:
+                    self.cuts.append("after")
+                p.close()
+                return
+            try:
+                p.client.sendall(data)
+            except OSError:
+                p.close()
+                return
+
+
+# ------------------------------------------------------------------ test -----
+
+def timed(c, method, path, body=None, token=None, headers=None):
+    t0 = time.monotonic()
+    r = c.request(method, path, body, token=token, headers=headers)
+    return r, time.monotonic() - t0
+
+
+def order_once(h, c, acct, prod, key):
+    return c.request("POST", "/v1/orders", {"account_id": acct, "product_id": prod, "quantity": 1},
+                     token=h.admin_token, headers={"Idempotency-Key": key, "Pgtx-Strategy": "lock"})
+
+
+def orders_with_key(acct, key):
+    return int(shoplib.psql("SELECT count(*) FROM orders WHERE account_id = %d AND idempotency_key = '%s';"
+                            % (acct, key))[0])
+
+
+def check_commit_cut(h, proxy, c, acct, prod, where, want_retry_status):
+    key = h.unique("key-" + where)
+    proxy.arm_cut(where)
+    r = order_once(h, c, acct, prod, key)
+    check(r.status == 503 and r.error_code == "commit_unknown" and r.headers.get("retry-after"),
+          lambda: "COMMIT cut %s: want 503 commit_unknown with Retry-After, got %r %s"
+          % (where, r, r.headers))
+    check(proxy.cuts[-1:] == [where], lambda: "the proxy cut %r, want %r last" % (proxy.cuts, where))
+    again = order_once(h, c, acct, prod, key)
+    check(again.status == want_retry_status, lambda: "COMMIT cut %s, same key again: want %d, got %r"
+          % (where, want_retry_status, again))
+    got = c.request("GET", "/v1/orders/%d" % again.json["id"], token=h.admin_token)
+    check(got.status == 200 and got.json == again.json,
+          lambda: "GET the order: %r, the retry said %r" % (got, again))
+    n = orders_with_key(acct, key)
+    check(n == 1, lambda: "COMMIT cut %s: %d orders with the key, want 1" % (where, n))
+    unknown = shoplib.metric(c, "pgtx_shop_pool_commit_unknown_total")
+    check(unknown == len(proxy.cuts), lambda: "pool_commit_unknown_total %d after %d cuts" % (unknown, len(proxy.cuts)))
+    return "%s: 503 commit_unknown, same key again -> %d, 1 order" % (where, again.status)
+
+
+def outage(h, proxy, c, mode, acct, prod):
+    """mode "down" or "hang": every database route is a prompt 503."""
+    errors0 = shoplib.metric(c, "pgtx_shop_pool_connect_errors_total")
+    proxy.set_mode(mode)
+    slowest, codes = 0.0, set()
+    for i in range(OUTAGE_REQUESTS):
+        for method, path, body in (("GET", "/healthz", None),
+                                   ("GET", "/v1/products/%d" % prod, None),
+                                   ("POST", "/v1/accounts/%d/deposits" % acct, {"amount": 7}),
+                                   ("POST", "/v1/orders", {"account_id": acct, "product_id": prod,
+                                                           "quantity": 1})):
+            headers = {"Idempotency-Key": h.unique("outage")} if path == "/v1/orders" else None
+            r, took = timed(c, method, path, body, token=h.admin_token, headers=headers)
+            slowest = max(slowest, took)
+            check(r.status == 503 and r.error_code in ("database_unavailable", "overloaded")
+                  and r.headers.get("retry-after"),
+                  lambda: "database %s: %s %s: want 503 database_unavailable|overloaded with "
+                  "Retry-After, got %r %s" % (mode, method, path, r, r.headers))
+            check(took <= ANSWER_BOUND, lambda: "database %s: %s %s answered after %.1f s (bound %.1f s)"
+                  % (mode, method, path, took, ANSWER_BOUND))
+            codes.add(r.error_code)
+    # /metrics needs no database, and shows the outage
+    errors = shoplib.metric(c, "pgtx_shop_pool_connect_errors_total") - errors0
+    check(errors >= 1, lambda: "database %s: pool_connect_errors_total went up by %d" % (mode, errors))
+    return "%s: %d requests, all 503 %s, slowest %.2f s; /metrics: %d connect errors" % (
+        mode, 4 * OUTAGE_REQUESTS, "|".join(sorted(codes)), slowest, errors)
+
+
+def recover(h, proxy, c):
+    proxy.set_mode("up")
+    t0 = time.monotonic()
+    while True:
+        r = c.request("GET", "/healthz")
+        if r.status == 200:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > RECOVER_DEADLINE:
+            fail("database back, /healthz still %r after %.0f s" % (r, RECOVER_DEADLINE))
+        time.sleep(0.1)
+
+
+def main(h):
+    upstream, user, db = upstream_address()
+    proxy = PgProxy(upstream)
+    try:
+        run_faults(h, proxy, user, db)
+    finally:
+        proxy.stop()
+
+
+def run_faults(h, proxy, user, db):
+    dsn = "host=127.0.0.1 port=%d user=%s dbname=%s connect_timeout=5 sslmode=disable" % (
+        proxy.port, conninfo_quote(user), conninfo_quote(db))
+    s = h.start_server(database=dsn, extra=["--pool-size", "2", "--max-overflow", "0",
+                                            "--pool-timeout-ms", str(POOL_TIMEOUT_MS), "--threads", "4"])
+    c = shoplib.Client(*s.addr, timeout=CLIENT_TIMEOUT)
+    h.default_addr = s.addr
+    acct = h.create_account(balance=1_000_000, c=c)["id"]
+    prod = h.create_product(price=10, stock=100, c=c)["id"]
+    first = order_once(h, c, acct, prod, h.unique("key-ok"))
+    check(first.status == 201, lambda: "an order through the proxy: %r" % first)
+
+    log("commit cut " + check_commit_cut(h, proxy, c, acct, prod, "before", 201))
+    log("commit cut " + check_commit_cut(h, proxy, c, acct, prod, "after", 200))
+
+    before, bad = h.snapshot_and_invariants()
+    check(not bad, lambda: "invariants before the outage: %r" % bad)
+    for mode in ("down", "hang"):
+        log("database " + outage(h, proxy, c, mode, acct, prod))
+        took = recover(h, proxy, c)
+        after, bad = h.snapshot_and_invariants()
+        check(after == before, lambda: "a 503 during the %s outage changed the database:\n%r\n%r"
+              % (mode, before, after))
+        log("database back after %s: /healthz 200 after %.2f s, nothing changed" % (mode, took))
+
+    dep = c.request("POST", "/v1/accounts/%d/deposits" % acct, {"amount": 5}, token=h.admin_token)
+    check(dep.status == 200, lambda: "a deposit after the outages: %r" % dep)
+    last = order_once(h, c, acct, prod, h.unique("key-last"))
+    check(last.status == 201, lambda: "an order after the outages: %r" % last)
+    deposits, orders = (int(x) for x in shoplib.psql(
+        "SELECT count(*) FILTER (WHERE kind = 'deposit'), count(*) FILTER (WHERE kind = 'order')"
+        " FROM ledger WHERE account_id = %d;" % acct)[0].split("|"))
+    # only the acknowledged writes: one deposit; the first order, one per
+    # cut, the last one
+    check(deposits == 1, lambda: "%d deposits in the ledger, want the 1 acknowledged" % deposits)
+    check(orders == 4, lambda: "%d orders in the ledger, want 4" % orders)
+    n = h.check_invariants(what="after the faults")
+    c.close()
+    log("after: deposit 200, order 201; %d orders, invariants hold over %d entities; proxy cuts %s"
+        % (orders, n, proxy.cuts))
+
+
+if __name__ == "__main__":
+    shoplib.run("test_faults", main)
