@@ -54,6 +54,9 @@ struct pgtx_pool {
     int64_t last_connect_error_us;
     int64_t last_connect_ok_us;
     pgtx_error last_connect_error;
+    /* connect failures since the last success: only the first of a run is
+       a warning, so that an outage is one line, not one per attempt */
+    uint64_t connect_errors_in_a_row;
     atomic_uint_fast64_t next_conn_id;
 
     /* settings, immutable after create; the strings are the pool's copies */
@@ -518,23 +521,28 @@ static take_result take_locked(pgtx_pool *pool, int64_t now, pgtx_conn **out)
     return TAKE_NONE;
 }
 
-/* Book a connect attempt's outcome.  Caller holds mu. */
-static void connect_done_locked(pgtx_pool *pool, pgtx_conn *c, const pgtx_error *e)
+/* Book a connect attempt's outcome.  Caller holds mu.  Returns how many
+   attempts had failed in a row before this one (success) or with it. */
+static uint64_t connect_done_locked(pgtx_pool *pool, pgtx_conn *c, const pgtx_error *e)
 {
     pool->connecting--;
+    uint64_t in_a_row = pool->connect_errors_in_a_row;
     if (c != NULL) {
         c->state = CONN_USED;
         list_push(&pool->lists[CONN_USED], c);
         pool->created++;
         pool->last_connect_ok_us = pgtx__now_us();
+        pool->connect_errors_in_a_row = 0;
     } else {
         int64_t now = pgtx__now_us();
+        in_a_row = ++pool->connect_errors_in_a_row;
         pool->connect_errors++;
         pool->connect_blocked_until_us = now + (int64_t)pool->cfg.connect_retry_ms * 1000;
         pool->last_connect_error_us = now;
         pool->last_connect_error = *e;
     }
     wake_head(pool);
+    return in_a_row;
 }
 
 /* Open a connection for this checkout (mu not held on entry or exit). */
@@ -552,14 +560,22 @@ static pgtx_status checkout_connect(pgtx_pool *pool, int64_t deadline_us,
         st = pgtx_fail(&e, PGTX_NOMEM, "out of memory wrapping a connection");
     }
     pthread_mutex_lock(&pool->mu);
-    connect_done_locked(pool, c, &e);
+    uint64_t in_a_row = connect_done_locked(pool, c, &e);
     pthread_mutex_unlock(&pool->mu);
     if (c == NULL) {
-        pgtx__log(pool, PGTX_LOG_WARNING, "pgtx: connect failed: %s", e.message);
+        if (in_a_row == 1)
+            pgtx__log(pool, PGTX_LOG_WARNING, "pgtx: connect failed (until one "
+                      "succeeds, further failures are logged as debug): %s", e.message);
+        else
+            pgtx__log(pool, PGTX_LOG_DEBUG, "pgtx: connect failed (%llu in a row): %s",
+                      (unsigned long long)in_a_row, e.message);
         if (err)
             *err = e;
         return st;
     }
+    if (in_a_row > 0)
+        pgtx__log(pool, PGTX_LOG_INFO, "pgtx: connected again after %llu failed attempts",
+                  (unsigned long long)in_a_row);
     pgtx__log(pool, PGTX_LOG_DEBUG, "pgtx conn %llu: opened",
               (unsigned long long)id);
     *out = c;
@@ -754,7 +770,8 @@ void pgtx_pool_return(pgtx_conn *c)
     wake_head(pool);
     pthread_mutex_unlock(&pool->mu);
     if (!keep) {
-        pgtx__log(pool, PGTX_LOG_INFO,
+        /* overflow closes are routine under load; the others are news */
+        pgtx__log(pool, reusable && overflow ? PGTX_LOG_DEBUG : PGTX_LOG_INFO,
                   "pgtx conn %llu: closed on return (%s, age %lld ms)",
                   (unsigned long long)c->id,
                   !reusable ? "broken or busy"

@@ -133,6 +133,11 @@ static const shop_route *route_find(const shop_request *req, shop_response *res,
 
 /* ---- auth and strategy ----------------------------------------------------- */
 
+static void res_who(shop_ctx *ctx)
+{
+    ctx->res->who = ctx->role == SHOP_ROLE_ADMIN ? 0 : ctx->account_id;
+}
+
 static bool authorize(shop_ctx *ctx, shop_access access)
 {
     if (access == ACCESS_ANYONE)
@@ -144,6 +149,7 @@ static bool authorize(shop_ctx *ctx, shop_access access)
                     "a valid 'Authorization: Bearer <token>' is required");
         return false;
     }
+    res_who(ctx);
     if (ctx->role == SHOP_ROLE_ADMIN || access == ACCESS_SIGNED_IN)
         return true;
     if (access == ACCESS_OWNER_PATH)
@@ -239,6 +245,8 @@ void shop_app_handle(shop_app *app, const shop_request *req, shop_response *res)
     res->route = "unknown";
     res->strategy = NULL;
     res->allow = NULL;
+    res->code = NULL;
+    res->who = -1;
     if (req->method == NULL || req->path == NULL) {
         reply_error(res, 404, "not_found", "no route");
         return;

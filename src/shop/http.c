@@ -46,6 +46,7 @@ typedef struct http_job {
     const char *method;    /* as sent (req.method says GET for a HEAD) */
     shop_response res;     /* res.body owned until handed to MHD */
     struct timespec started;
+    unsigned long long id; /* this process's request number, for logs */
 } http_job;
 
 struct shop_http {
@@ -68,6 +69,7 @@ struct shop_http {
     int suspended;           /* connections suspended and not yet answered */
     bool closed;             /* no more jobs: the workers leave once idle */
     atomic_bool draining;    /* shutting down: answer with Connection: close */
+    atomic_ullong requests;  /* requests begun, numbering them for logs */
 };
 
 static double seconds_since(const struct timespec *t0)
@@ -98,6 +100,7 @@ static void set_error(shop_response *res, int status, const char *code,
     free(res->body);
     res->status = status;
     res->body = error_body(code, message);
+    res->code = code;
     res->retry_after = retry_after;
 }
 
@@ -219,7 +222,7 @@ static void route_metrics(shop_http *h, http_job *job)
 
 static void run_job(shop_http *h, http_job *job)
 {
-    job->res = (shop_response){.status = 500, .retries = -1, .route = "unknown"};
+    job->res = (shop_response){.status = 500, .retries = -1, .route = "unknown", .who = -1};
     if (strcmp(job->req.path, "/healthz") == 0)
         route_healthz(h, job);
     else if (strcmp(job->req.path, "/metrics") == 0)
@@ -367,7 +370,7 @@ static http_job *job_new(struct MHD_Connection *conn, const char *url,
         .strategy = header(conn, "Pgtx-Strategy"),
         .idempotency_key = header(conn, "Idempotency-Key"),
     };
-    job->res = (shop_response){.status = 500, .retries = -1, .route = "unknown"};
+    job->res = (shop_response){.status = 500, .retries = -1, .route = "unknown", .who = -1};
     job->loopback = is_loopback(conn);
     return job;
 }
@@ -387,6 +390,7 @@ static enum MHD_Result on_headers(shop_http *h, struct MHD_Connection *conn,
     if (job == NULL)
         return MHD_NO; /* out of memory: MHD drops the connection */
     *req_cls = job;
+    job->id = atomic_fetch_add(&h->requests, 1) + 1;
     const char *why = framing_error(conn);
     if (why)
         return answer_now(h, job, 400, "bad_request", why);
@@ -500,13 +504,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 static void log_request(const http_job *job, int status, double secs,
                         enum MHD_RequestTerminationCode toe)
 {
-    char retries[16] = "-", line[256];
+    char retries[16] = "-", who[24] = "-", line[320];
     if (job->res.retries >= 0)
         snprintf(retries, sizeof retries, "%d", job->res.retries);
+    if (job->res.who == 0)
+        snprintf(who, sizeof who, "admin");
+    else if (job->res.who > 0)
+        snprintf(who, sizeof who, "%lld", (long long)job->res.who);
     snprintf(line, sizeof line,
-             "method=%s route=\"%s\" status=%d dur_ms=%.1f retries=%s strategy=%s%s",
-             job->method, job->res.route ? job->res.route : "unknown", status,
-             secs * 1e3, retries, job->res.strategy ? job->res.strategy : "-",
+             "req=%llu method=%s route=\"%s\" status=%d%s%s dur_ms=%.1f retries=%s "
+             "strategy=%s who=%s%s",
+             job->id, job->method, job->res.route ? job->res.route : "unknown", status,
+             job->res.code ? " code=" : "", job->res.code ? job->res.code : "",
+             secs * 1e3, retries, job->res.strategy ? job->res.strategy : "-", who,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
     shop_log_fields(SHOP_LOG_INFO, line);
 }

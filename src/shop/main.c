@@ -152,7 +152,9 @@ static void on_pool_log(void *arg, pgtx_log_level level, const char *msg)
     (void)arg;
     if (atomic_load(&pool_quiet))
         return;
-    shop_log(level == PGTX_LOG_WARNING ? SHOP_LOG_WARN : SHOP_LOG_DEBUG, "%s", msg);
+    shop_log(level == PGTX_LOG_WARNING ? SHOP_LOG_WARN
+             : level == PGTX_LOG_INFO  ? SHOP_LOG_INFO
+                                       : SHOP_LOG_DEBUG, "%s", msg);
 }
 
 /* libpq's messages span lines; an error on stderr is one. */

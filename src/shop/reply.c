@@ -59,6 +59,7 @@ static void reply_verror(shop_response *res, int status, const char *code,
         return;
     }
     reply_json(res, status, body);
+    res->code = code;
 }
 
 void reply_error(shop_response *res, int status, const char *code,

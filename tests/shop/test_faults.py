@@ -340,6 +340,15 @@ def outage(h, proxy, c, mode, acct, prod):
         mode, 4 * OUTAGE_REQUESTS, "|".join(sorted(codes)), slowest, errors)
 
 
+def outage_log_lines(server, since):
+    """An outage is one warning and one line when it ends, not a line per
+    failed connect attempt."""
+    text = server.log_text()[since:]
+    warned = sum(1 for line in text.splitlines() if "level=warn" in line and "connect failed" in line)
+    back = sum(1 for line in text.splitlines() if "connected again after" in line)
+    return warned, back
+
+
 def recover(h, proxy, c):
     proxy.set_mode("up")
     t0 = time.monotonic()
@@ -379,12 +388,17 @@ def run_faults(h, proxy, user, db):
     before, bad = h.snapshot_and_invariants()
     check(not bad, lambda: "invariants before the outage: %r" % bad)
     for mode in ("down", "hang"):
+        log_mark = len(s.log_text())
         log("database " + outage(h, proxy, c, mode, acct, prod))
         took = recover(h, proxy, c)
         after, bad = h.snapshot_and_invariants()
         check(after == before, lambda: "a 503 during the %s outage changed the database:\n%r\n%r"
               % (mode, before, after))
-        log("database back after %s: /healthz 200 after %.2f s, nothing changed" % (mode, took))
+        warned, back = outage_log_lines(s, log_mark)
+        check(warned == 1 and back == 1, lambda: "the %s outage logged %d connect warnings and %d"
+              " 'connected again' lines, want 1 and 1:\n%s" % (mode, warned, back, s.log_tail()))
+        log("database back after %s: /healthz 200 after %.2f s, nothing changed; logged: 1 connect"
+            " warning, 1 'connected again'" % (mode, took))
 
     dep = c.request("POST", "/v1/accounts/%d/deposits" % acct, {"amount": 5}, token=h.admin_token)
     check(dep.status == 200, lambda: "a deposit after the outages: %r" % dep)
