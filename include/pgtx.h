@@ -95,7 +95,10 @@ typedef enum pgtx_class {
     X(LOCK_NOT_AVAILABLE, TIMEOUT, "lock not available (55P03)")               \
     X(QUERY_CANCELED, TIMEOUT, "statement canceled or timed out (57014)")      \
     X(ABORTED, ABORT, "the transaction was rolled back by the caller")         \
-    X(SQL, SQL, "database error")
+    X(SQL, SQL, "database error")                                             \
+    X(SOCKET_TIMEOUT, CONNECTION,                                              \
+      "the server did not answer within socket_timeout_ms; the connection "    \
+      "was closed")
 
 typedef enum pgtx_status {
 #define PGTX_X_ENUM(name, cls, text) PGTX_##name,
@@ -189,6 +192,15 @@ typedef struct pgtx_pool_config {
     bool echo;               /* log every statement and its duration */
     pgtx_log_fn log;         /* NULL: silent, except echo goes to stderr */
     void *log_arg;
+    /* The longest the library waits for the server to answer one statement
+       (its own round trips, the runner's statements, COMMIT, ROLLBACK),
+       default 0 = as long as it takes, like libpq.  Past it the connection
+       is closed and the call fails with SOCKET_TIMEOUT, or COMMIT_UNKNOWN
+       during COMMIT: what bounds a request when the server or the network
+       stops answering an open connection (a failover, a partition), which
+       a server-side statement_timeout cannot.  Set it above the longest
+       statement and lock wait you expect. */
+    int socket_timeout_ms;
 } pgtx_pool_config;
 
 /* Fill *cfg with the defaults above (conninfo ""). */

@@ -291,19 +291,29 @@ static pgtx_status insert_slow_commit(pgtx_tx *tx, void *p, pgtx_error *err)
     return pgtx_query(tx, sql, 0, NULL, NULL, err);
 }
 
-static void connection_lost_during_commit_is_unknown_not_retried(void **state)
+/* A deferred constraint trigger runs inside COMMIT; it sleeps, so that
+   something can happen while COMMIT is in flight. */
+static void slow_commit_table_create(int seconds)
 {
-    (void)state;
-    /* A deferred constraint trigger runs inside COMMIT; it sleeps, so that
-       the backend can be terminated while COMMIT is in flight. */
     h_execf(admin,
             "DROP TABLE IF EXISTS %s_slow;"
             "CREATE TABLE %s_slow (x int);"
             "CREATE OR REPLACE FUNCTION %s_sleep() RETURNS trigger LANGUAGE plpgsql "
-            "AS $$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$;"
+            "AS $$ BEGIN PERFORM pg_sleep(%d); RETURN NULL; END $$;"
             "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON %s_slow "
             "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION %s_sleep()",
-            tbl, tbl, tbl, tbl, tbl);
+            tbl, tbl, tbl, seconds, tbl, tbl);
+}
+
+static void slow_commit_table_drop(void)
+{
+    h_execf(admin, "DROP TABLE %s_slow; DROP FUNCTION %s_sleep()", tbl, tbl);
+}
+
+static void connection_lost_during_commit_is_unknown_not_retried(void **state)
+{
+    (void)state;
+    slow_commit_table_create(5); /* the backend is terminated meanwhile */
     pgtx_pool *p = h_pool(1, 0, "runner-commit");
     pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
     commit_killer k = {0, 0};
@@ -324,7 +334,103 @@ static void connection_lost_during_commit_is_unknown_not_retried(void **state)
     assert_int_equal(s.open, 0); /* the broken connection was not kept */
     pgtx_engine_destroy(e);
     pgtx_pool_destroy(p);
-    h_execf(admin, "DROP TABLE %s_slow; DROP FUNCTION %s_sleep()", tbl, tbl);
+    slow_commit_table_drop();
+}
+
+/* ---- a server that stops answering --------------------------------------- */
+
+static pgtx_pool *silent_pool(int socket_timeout_ms)
+{
+    pgtx_pool_config cfg;
+    pgtx_pool_config_init(&cfg);
+    cfg.conninfo = h_dsn();
+    cfg.application_name = "runner-silent";
+    cfg.pool_size = 1;
+    cfg.max_overflow = 0;
+    cfg.socket_timeout_ms = socket_timeout_ms;
+    pgtx_pool *made = NULL;
+    assert_int_equal(pgtx_pool_create(&cfg, &made, NULL), PGTX_OK);
+    return made;
+}
+
+/* pg_sleep stands for a server or network that has gone quiet: from the
+   client's side the two look the same. */
+static pgtx_status sleep_as_statement(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    int nth = *(int *)p;
+    pgtx_status st = nth == 1 ? PGTX_OK : pgtx_query(tx, "SELECT 1", 0, NULL, NULL, err);
+    return st ? st : pgtx_query(tx, "SELECT pg_sleep(3)", 0, NULL, NULL, err);
+}
+
+static pgtx_status select_one(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    (void)p;
+    return pgtx_query(tx, "SELECT 1", 0, NULL, NULL, err);
+}
+
+static void socket_timeout_bounds_a_silent_server(void **state)
+{
+    (void)state;
+    pgtx_pool *p = silent_pool(300);
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    for (int nth = 1; nth <= 2; nth++) { /* pipelined with BEGIN, then alone */
+        pgtx_run_info info;
+        pgtx_error err;
+        int64_t t0 = h_now_ms();
+        pgtx_status st = pgtx_run(e, sleep_as_statement, &nth, &info, &err);
+        int64_t took = h_now_ms() - t0;
+        printf("  statement %d: %s after %lld ms: %s\n", nth, pgtx_status_name(st),
+               (long long)took, err.message);
+        assert_int_equal(st, PGTX_SOCKET_TIMEOUT);
+        assert_int_equal(pgtx_status_class(st), PGTX_CLASS_CONNECTION);
+        assert_false(pgtx_status_is_retryable(st));
+        assert_int_equal(info.attempts, 1); /* a slow statement would be slow again */
+        assert_true(took >= 300 && took < 2500);
+        assert_non_null(strstr(err.message, "socket_timeout_ms (300 ms)"));
+        pgtx_pool_stats s;
+        pgtx_pool_stats_get(p, &s);
+        assert_int_equal(s.open, 0); /* that connection is gone */
+        /* and the pool goes on with a fresh one */
+        assert_int_equal(pgtx_run(e, select_one, NULL, NULL, &err), PGTX_OK);
+    }
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+}
+
+static long long slow_rows(void)
+{
+    return h_scalarf(admin, "SELECT count(*) FROM %s_slow", tbl);
+}
+
+static int slow_row_arrived(void *arg)
+{
+    (void)arg;
+    return slow_rows() == 1;
+}
+
+static void socket_timeout_during_commit_is_unknown(void **state)
+{
+    (void)state;
+    slow_commit_table_create(1); /* COMMIT takes 1 s; the client waits 0.3 */
+    pgtx_pool *p = silent_pool(300);
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    pgtx_run_info info;
+    pgtx_error err;
+    int64_t t0 = h_now_ms();
+    pgtx_status st = pgtx_run(e, insert_slow_commit, NULL, &info, &err);
+    int64_t took = h_now_ms() - t0;
+    printf("  COMMIT: %s after %lld ms: %s\n", pgtx_status_name(st), (long long)took,
+           err.message);
+    assert_int_equal(st, PGTX_COMMIT_UNKNOWN);
+    assert_int_equal(info.attempts, 1);
+    assert_true(took >= 300 && took < 1000);
+    assert_non_null(strstr(err.message, "socket_timeout_ms (300 ms)"));
+    /* Unknown indeed: the server finishes that COMMIT after the client left,
+       which is why the runner never retries it. */
+    assert_int_equal(h_wait_until(slow_row_arrived, NULL, 5000), 1);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+    slow_commit_table_drop();
 }
 
 /* ---- deadlock -------------------------------------------------------------- */
@@ -573,6 +679,8 @@ int main(void)
         cmocka_unit_test_setup(killed_before_commit_is_retried, reset_table),
         cmocka_unit_test_setup(connection_lost_during_commit_is_unknown_not_retried,
                                reset_table),
+        cmocka_unit_test_setup(socket_timeout_bounds_a_silent_server, reset_table),
+        cmocka_unit_test_setup(socket_timeout_during_commit_is_unknown, reset_table),
         cmocka_unit_test_setup(deadlock_is_detected_and_retried, reset_table),
         cmocka_unit_test_setup(one_statement_costs_two_round_trips, reset_table),
         cmocka_unit_test_setup(raw_connection_runs_inside_the_transaction, reset_table),

@@ -47,6 +47,17 @@ pgtx__tx_counters *pgtx__pool_counters(pgtx_pool *pool);
 pgtx_pool *pgtx__conn_pool(const pgtx_conn *conn);
 /* Drain what the server sent unasked; false if the session is gone. */
 bool pgtx__conn_healthy(pgtx_conn *conn);
+/* PQgetResult, waiting at most the pool's socket_timeout_ms for the server.
+   Past it the socket is shut down, so that libpq reports the connection
+   broken (and the pool discards it), and pgtx__conn_timed_out says why. */
+PGresult *pgtx__get_result(pgtx_conn *conn);
+/* PQexec (nparams < 0: the simple protocol, several statements allowed) or
+   PQexecParams, through pgtx__get_result: the last result, or the first
+   error.  NULL when it could not be sent. */
+PGresult *pgtx__exec(pgtx_conn *conn, const char *sql, int nparams,
+                     const char *const *params);
+bool pgtx__conn_timed_out(const pgtx_conn *conn);
+int pgtx__socket_timeout_ms(const pgtx_pool *pool);
 /* One round trip made on `conn`'s pool (for the statistics). */
 void pgtx__count_round_trip(pgtx_pool *pool);
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 /*
@@ -27,6 +28,7 @@ struct pgtx_conn {
     int64_t expires_us;   /* recycle after this (INT64_MAX: never) */
     int64_t last_used_us; /* when it was last returned */
     atomic_bool doomed;   /* the server sent FATAL: do not reuse */
+    bool timed_out;       /* socket_timeout_ms ran out: its socket is shut */
 };
 
 typedef struct conn_list {
@@ -102,6 +104,8 @@ static const char *config_problem(const pgtx_pool_config *cfg)
         return "max_lifetime_ms must not be negative";
     if (cfg->connect_retry_ms < 0)
         return "connect_retry_ms must not be negative";
+    if (cfg->socket_timeout_ms < 0)
+        return "socket_timeout_ms must not be negative";
     return NULL;
 }
 
@@ -451,6 +455,76 @@ bool pgtx__conn_healthy(pgtx_conn *c)
     return PQstatus(pg) == CONNECTION_OK && !atomic_load(&c->doomed);
 }
 
+/* ---- bounded waits for the server ------------------------------------ */
+
+/* Wait until libpq can hand out a result without blocking, or the socket
+   timeout passes: then shut the socket, so that libpq's next read sees the
+   end of it.  (shutdown, not close: libpq still owns the descriptor.) */
+static void await_result(pgtx_conn *c)
+{
+    PGconn *pg = c->pg;
+    int limit = c->pool->cfg.socket_timeout_ms;
+    if (limit <= 0 || c->timed_out || PQflush(pg) != 0)
+        return; /* no limit, already shut, or broken: libpq tells the rest */
+    int64_t deadline = pgtx__now_us() + (int64_t)limit * 1000;
+    while (PQisBusy(pg)) {
+        int64_t left_ms = (deadline - pgtx__now_us() + 999) / 1000;
+        if (left_ms <= 0) {
+            c->timed_out = true;
+            (void)shutdown(PQsocket(pg), SHUT_RDWR);
+            pgtx__log(c->pool, PGTX_LOG_WARNING, "pgtx conn %llu: no answer "
+                      "within socket_timeout_ms (%d ms): closing it",
+                      (unsigned long long)c->id, limit);
+            return;
+        }
+        struct pollfd pfd = {PQsocket(pg), POLLIN, 0};
+        int n = poll(&pfd, 1, (int)left_ms);
+        if ((n < 0 && errno != EINTR) || (n > 0 && !PQconsumeInput(pg)))
+            return;
+    }
+}
+
+PGresult *pgtx__get_result(pgtx_conn *c)
+{
+    await_result(c);
+    return PQgetResult(c->pg);
+}
+
+/* Keep the last result, but an error wins over what follows it (as in
+   PQexec). */
+static PGresult *keep_result(PGresult *kept, PGresult *r)
+{
+    if (kept && PQresultStatus(kept) == PGRES_FATAL_ERROR) {
+        PQclear(r);
+        return kept;
+    }
+    PQclear(kept);
+    return r;
+}
+
+PGresult *pgtx__exec(pgtx_conn *c, const char *sql, int nparams,
+                     const char *const *params)
+{
+    int sent = nparams < 0
+                   ? PQsendQuery(c->pg, sql)
+                   : PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (!sent)
+        return NULL;
+    PGresult *kept = NULL, *r;
+    while ((r = pgtx__get_result(c)) != NULL) {
+        ExecStatusType s = PQresultStatus(r);
+        kept = keep_result(kept, r);
+        if (s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH ||
+            PQstatus(c->pg) == CONNECTION_BAD)
+            break;
+    }
+    return kept;
+}
+
+bool pgtx__conn_timed_out(const pgtx_conn *c) { return c->timed_out; }
+
+int pgtx__socket_timeout_ms(const pgtx_pool *pool) { return pool->cfg.socket_timeout_ms; }
+
 /* Is a connection handed out now going to work?  Cheap unless it has been
    idle longer than check_idle_ms; then one round trip. */
 static bool conn_alive(pgtx_conn *c, int64_t now)
@@ -462,7 +536,7 @@ static bool conn_alive(pgtx_conn *c, int64_t now)
     if (check < 0 || now - c->last_used_us < (int64_t)check * 1000)
         return true;
     pgtx__count_round_trip(c->pool);
-    PGresult *r = PQexec(c->pg, "");
+    PGresult *r = pgtx__exec(c, "", -1, NULL);
     bool ok = PQresultStatus(r) == PGRES_EMPTY_QUERY;
     PQclear(r);
     return ok;
@@ -736,7 +810,7 @@ static bool conn_reset(pgtx_conn *c)
     case PQTRANS_INERROR: {
         int64_t t0 = pgtx__now_us();
         pgtx__count_round_trip(c->pool);
-        PGresult *r = PQexec(pg, "ROLLBACK");
+        PGresult *r = pgtx__exec(c, "ROLLBACK", -1, NULL);
         bool ok = PQresultStatus(r) == PGRES_COMMAND_OK &&
                   PQtransactionStatus(pg) == PQTRANS_IDLE;
         PQclear(r);

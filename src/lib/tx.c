@@ -40,10 +40,20 @@ static pgtx_status tx_fail(pgtx_tx *tx, pgtx_status st, const pgtx_error *e,
     return st;
 }
 
+/* libpq would only say "server closed the connection": say what did. */
+static pgtx_status socket_timeout(pgtx_tx *tx, pgtx_status st, pgtx_error *e)
+{
+    if (!pgtx__conn_timed_out(tx->conn) || pgtx_status_class(st) != PGTX_CLASS_CONNECTION)
+        return st;
+    return pgtx_fail(e, PGTX_SOCKET_TIMEOUT, "no answer from the server within "
+                     "socket_timeout_ms (%d ms); the connection was closed",
+                     pgtx__socket_timeout_ms(tx->pool));
+}
+
 static pgtx_status tx_fail_result(pgtx_tx *tx, const PGresult *r, pgtx_error *err)
 {
     pgtx_error e;
-    pgtx_status st = pgtx__error_from_result(&e, tx->pg, r);
+    pgtx_status st = socket_timeout(tx, pgtx__error_from_result(&e, tx->pg, r), &e);
     return tx_fail(tx, st, &e, err);
 }
 
@@ -51,7 +61,7 @@ static pgtx_status tx_fail_result(pgtx_tx *tx, const PGresult *r, pgtx_error *er
    result in *keep when asked and it succeeded; returns OK or the failure. */
 static pgtx_status pipeline_take(pgtx_tx *tx, PGresult **keep, pgtx_error *err)
 {
-    PGresult *r = PQgetResult(tx->pg);
+    PGresult *r = pgtx__get_result(tx->conn);
     if (r == NULL)
         return tx_fail_result(tx, NULL, err);
     pgtx_status st = PGTX_OK;
@@ -64,7 +74,7 @@ static pgtx_status pipeline_take(pgtx_tx *tx, PGresult **keep, pgtx_error *err)
         r = NULL;
     }
     PQclear(r);
-    PGresult *end = PQgetResult(tx->pg);
+    PGresult *end = pgtx__get_result(tx->conn);
     PQclear(end); /* NULL, unless the query returned several results */
     return st;
 }
@@ -74,7 +84,7 @@ static pgtx_status pipeline_take(pgtx_tx *tx, PGresult **keep, pgtx_error *err)
 static void pipeline_finish(pgtx_tx *tx)
 {
     if (PQstatus(tx->pg) == CONNECTION_OK) {
-        PGresult *r = PQgetResult(tx->pg);
+        PGresult *r = pgtx__get_result(tx->conn);
         PQclear(r);
     }
     if (PQstatus(tx->pg) == CONNECTION_OK)
@@ -148,7 +158,7 @@ static pgtx_status next_statement(pgtx_tx *tx, const char *sql, int n,
 {
     int64_t t0 = pgtx__now_us();
     pgtx__count_round_trip(tx->pool);
-    PGresult *r = PQexecParams(tx->pg, sql, n, NULL, params, NULL, NULL, 0);
+    PGresult *r = pgtx__exec(tx->conn, sql, n, params);
     pgtx__echo(tx->pool, tx->conn, sql, pgtx__now_us() - t0);
     if (!result_ok(r)) {
         pgtx_status st = tx_fail_result(tx, r, err);
@@ -188,10 +198,10 @@ static void begin_alone(pgtx_tx *tx)
     PGresult *r = NULL;
     pgtx_error e;
     pgtx__count_round_trip(tx->pool);
-    r = PQexec(tx->pg, begin);
+    r = pgtx__exec(tx->conn, begin, -1, NULL);
     if (result_ok(r) && setup) {
         PQclear(r);
-        r = PQexec(tx->pg, setup);
+        r = pgtx__exec(tx->conn, setup, -1, NULL);
     }
     if (result_ok(r))
         tx->begun = true;
@@ -274,17 +284,22 @@ static pgtx_status tx_commit(pgtx_tx *tx, pgtx_error *err)
         return pgtx__error_from_conn(err, tx->pg, PGTX_CONNECTION_LOST);
     int64_t t0 = pgtx__now_us();
     pgtx__count_round_trip(tx->pool);
-    PGresult *r = PQexec(tx->pg, "COMMIT");
+    PGresult *r = pgtx__exec(tx->conn, "COMMIT", -1, NULL);
     pgtx__echo(tx->pool, tx->conn, "COMMIT", pgtx__now_us() - t0);
     pgtx_status st = PGTX_OK;
     if (!result_ok(r)) {
         st = pgtx__error_from_result(err, tx->pg, r);
         /* The server may have committed before the connection broke. */
         if (pgtx_status_class(st) == PGTX_CLASS_CONNECTION) {
+            char why[160];
+            if (pgtx__conn_timed_out(tx->conn))
+                snprintf(why, sizeof why, "no answer within socket_timeout_ms (%d ms)",
+                         pgtx__socket_timeout_ms(tx->pool));
+            else
+                snprintf(why, sizeof why, "%s", PQerrorMessage(tx->pg));
             st = pgtx_fail(err, PGTX_COMMIT_UNKNOWN,
                            "connection lost during COMMIT; the transaction "
-                           "may have committed: %s",
-                           PQerrorMessage(tx->pg));
+                           "may have committed: %s", why);
             atomic_fetch_add(&pgtx__pool_counters(tx->pool)->commit_unknown, 1);
         }
     } else if (strcmp(PQcmdStatus(r), "COMMIT") != 0) {
@@ -301,7 +316,7 @@ static void tx_rollback(pgtx_tx *tx)
         return;
     int64_t t0 = pgtx__now_us();
     pgtx__count_round_trip(tx->pool);
-    PGresult *r = PQexec(tx->pg, "ROLLBACK");
+    PGresult *r = pgtx__exec(tx->conn, "ROLLBACK", -1, NULL);
     pgtx__echo(tx->pool, tx->conn, "ROLLBACK", pgtx__now_us() - t0);
     PQclear(r); /* if it failed, the pool's reset on return discards it */
 }

@@ -80,6 +80,7 @@ typedef enum opt_id {
     OPT_POOL_SIZE,
     OPT_MAX_OVERFLOW,
     OPT_POOL_TIMEOUT,
+    OPT_DB_TIMEOUT,
     OPT_STRATEGY,
     OPT_ALLOW_UNSAFE,
     OPT_LOG_LEVEL,
@@ -123,6 +124,9 @@ static const opt_spec specs[OPT_COUNT] = {
                           600000,
                           "wait this long for a connection, then 503 "
                           "overloaded"},
+    [OPT_DB_TIMEOUT] = {"--db-timeout-ms", "PGTX_DB_TIMEOUT_MS", "N", 0, 3600000,
+                        "wait this long for the database to answer a statement, "
+                        "then close\nthe connection and answer 503 (0: no limit)"},
     [OPT_STRATEGY] = {"--strategy", "PGTX_STRATEGY", "S", NOT_A_NUMBER,
                       "default write strategy: atomic, lock, optimistic, "
                       "serializable\n(naive needs --allow-unsafe)"},
@@ -158,6 +162,7 @@ static void config_defaults(shop_config *cfg)
         .pool_size = 10,
         .max_overflow = 10,
         .pool_timeout_ms = 2000,
+        .db_timeout_ms = 15000,
         .strategy = SHOP_ATOMIC,
         .allow_unsafe = false,
         .log_level = SHOP_LOG_INFO,
@@ -180,6 +185,7 @@ static void default_text(opt_id id, const shop_config *d, char *out, size_t n)
     case OPT_POOL_SIZE: snprintf(out, n, "%d", d->pool_size); break;
     case OPT_MAX_OVERFLOW: snprintf(out, n, "%d", d->max_overflow); break;
     case OPT_POOL_TIMEOUT: snprintf(out, n, "%d", d->pool_timeout_ms); break;
+    case OPT_DB_TIMEOUT: snprintf(out, n, "%d", d->db_timeout_ms); break;
     case OPT_STRATEGY: snprintf(out, n, "atomic"); break;
     case OPT_ALLOW_UNSAFE: snprintf(out, n, "off"); break;
     case OPT_LOG_LEVEL: snprintf(out, n, "info"); break;
@@ -359,6 +365,7 @@ static bool apply(opt_id id, origin o, const char *s, shop_config *cfg)
     case OPT_POOL_SIZE: return set_int(id, o, s, &cfg->pool_size);
     case OPT_MAX_OVERFLOW: return set_int(id, o, s, &cfg->max_overflow);
     case OPT_POOL_TIMEOUT: return set_int(id, o, s, &cfg->pool_timeout_ms);
+    case OPT_DB_TIMEOUT: return set_int(id, o, s, &cfg->db_timeout_ms);
     case OPT_STRATEGY: return parse_strategy(o, s, &cfg->strategy);
     case OPT_ALLOW_UNSAFE: return parse_bool(o, s, &cfg->allow_unsafe);
     case OPT_LOG_LEVEL: return parse_level(o, s, &cfg->log_level);

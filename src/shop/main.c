@@ -182,6 +182,7 @@ static bool create_pool(service *s)
     pc.pool_size = s->cfg.pool_size;
     pc.max_overflow = s->cfg.max_overflow;
     pc.checkout_timeout_ms = s->cfg.pool_timeout_ms;
+    pc.socket_timeout_ms = s->cfg.db_timeout_ms;
     pc.log = on_pool_log;
     pgtx_error e;
     if (pgtx_pool_create(&pc, &s->pool, &e) != PGTX_OK) {

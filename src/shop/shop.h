@@ -63,6 +63,7 @@ typedef struct shop_config {
     int pool_size;
     int max_overflow;
     int pool_timeout_ms;      /* checkout timeout -> 503 overloaded */
+    int db_timeout_ms;        /* socket timeout: no answer -> 503; 0: none */
     shop_strategy strategy;   /* default write strategy */
     bool allow_unsafe;        /* accept naive */
     shop_log_level log_level;

@@ -13,14 +13,19 @@ protocol or stop answering altogether:
    PostgreSQL's reply and closes.  503 `commit_unknown` again; sent again
    with the same key the first order comes back (200, the body GET gives),
    and there is still one order for that key.
-3. The database goes away (every connection closed, every new one refused
-   at once): /healthz and every database route answer 503 with Retry-After
-   within the pool's timeout, /metrics still answers, and nothing changes.
-4. The database hangs (connections accepted, never answered): the same
-   503s within the pool's timeout: no request hangs.
+3. COMMIT held: the proxy keeps the connection open and passes nothing
+   more.  After --db-timeout-ms the server gives up on it: 503
+   `commit_unknown`, and the same key then creates the order (201), once.
+4. The database goes away (every connection closed, every new one refused
+   at once), hangs (new connections accepted, never answered) or stalls
+   (open connections stop answering too): /healthz and every database
+   route answer 503 with Retry-After within the pool's timeout (plus
+   --db-timeout-ms for a stalled connection), /metrics still answers and
+   counts the failed connects, the log has one warning for the outage, and
+   nothing changes in the database.
 5. It comes back: /healthz is 200 again within a deadline, writes succeed,
-   and the invariants of API.md hold, with exactly the acknowledged
-   deposits in the ledger.
+   and the invariants of API.md hold, with exactly the acknowledged writes
+   in the ledger.
 
 usage: test_faults.py PGTX_SHOP_BINARY
 """
@@ -39,9 +44,13 @@ from shoplib import check, fail, log  # noqa: E402
 
 SLOW = shoplib.SLOW
 POOL_TIMEOUT_MS = 1000
-# a refused request may wait out the pool's timeout, a connect attempt and
-# a scheduling hiccup; far below it is fine, beyond it is a hang
-ANSWER_BOUND = (POOL_TIMEOUT_MS / 1000.0 + 4.0) * SLOW
+DB_TIMEOUT_MS = 1500
+# A refused request may wait out the pool's timeout (and, on a connection
+# that stalled, the database timeout first) plus a scheduling hiccup; far
+# below that is fine, beyond it is a hang.
+ANSWER_BOUND = {"down": POOL_TIMEOUT_MS / 1000.0 + 4.0,
+                "hang": POOL_TIMEOUT_MS / 1000.0 + 4.0,
+                "stall": (DB_TIMEOUT_MS + POOL_TIMEOUT_MS) / 1000.0 + 4.0}
 RECOVER_DEADLINE = 30.0 * SLOW
 CLIENT_TIMEOUT = 30.0 * SLOW
 OUTAGE_REQUESTS = 3              # per kind of request, per outage
@@ -94,6 +103,7 @@ class Pair:
         self.client = client
         self.server = None
         self.swallow = False  # the next server bytes answer a COMMIT: drop them, then cut
+        self.frozen = False   # nothing passes either way, and nothing is closed
 
     def close(self):
         close_quietly(self.client)
@@ -105,10 +115,13 @@ class PgProxy:
     """A PostgreSQL protocol proxy on 127.0.0.1 with faults on demand.
 
     mode: "up" forwards; "down" closes every connection and refuses new
-    ones at once; "hang" accepts and never answers.  arm_cut("before" |
-    "after") cuts the next COMMIT's connection, before passing COMMIT on or
-    after PostgreSQL answered it.  It answers SSL and GSS encryption requests
-    with 'N' itself, so that it can read the messages it forwards."""
+    ones at once; "hang" closes every connection and accepts new ones that
+    it never answers; "stall" keeps every connection open and passes nothing
+    more either way (a partition, a frozen server), and new ones hang.
+    arm_cut("before" | "after" | "hold") acts on the next COMMIT: cuts its
+    connection before passing it on, or after PostgreSQL answered it, or
+    holds it (that connection stalls).  It answers SSL and GSS encryption
+    requests with 'N' itself, so that it can read the messages it forwards."""
 
     def __init__(self, upstream):
         self.upstream = upstream
@@ -131,10 +144,14 @@ class PgProxy:
     def set_mode(self, mode):
         with self.lock:
             self.mode = mode
-            doomed = list(self.pairs) if mode != "up" else []
-            hung, self.hung = (self.hung, []) if mode != "hang" else ([], self.hung)
-        for p in doomed:
-            p.close()
+            pairs = list(self.pairs)
+            keep_hung = mode in ("hang", "stall")
+            hung, self.hung = ([], self.hung) if keep_hung else (self.hung, [])
+        for p in pairs:
+            if mode == "stall":
+                p.frozen = True
+            elif mode != "up" or p.frozen:
+                p.close()  # a frozen one's peer has given up on it anyway
         for s in hung:
             close_quietly(s)
 
@@ -166,7 +183,7 @@ class PgProxy:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
                 mode = self.mode
-                if mode == "hang":
+                if mode in ("hang", "stall"):
                     self.hung.append(c)
                     continue
             if mode == "down":
@@ -241,7 +258,14 @@ class PgProxy:
             body = recv_exact(p.client, length - 4)
             if body is None:
                 return
+            if p.frozen:
+                continue
             where = self._take_cut(typ, body)
+            if where == "hold":
+                with self.lock:
+                    self.cuts.append("hold")
+                p.frozen = True
+                continue
             if where == "before":
                 with self.lock:
                     self.cuts.append("before")
@@ -259,6 +283,8 @@ class PgProxy:
             if not data:
                 p.close()
                 return
+            if p.frozen:
+                continue
             if p.swallow:
                 # PostgreSQL has answered COMMIT (it committed); the client
                 # never hears it
@@ -294,7 +320,9 @@ def orders_with_key(acct, key):
 def check_commit_cut(h, proxy, c, acct, prod, where, want_retry_status):
     key = h.unique("key-" + where)
     proxy.arm_cut(where)
+    t0 = time.monotonic()
     r = order_once(h, c, acct, prod, key)
+    took = time.monotonic() - t0
     check(r.status == 503 and r.error_code == "commit_unknown" and r.headers.get("retry-after"),
           lambda: "COMMIT cut %s: want 503 commit_unknown with Retry-After, got %r %s"
           % (where, r, r.headers))
@@ -309,11 +337,12 @@ def check_commit_cut(h, proxy, c, acct, prod, where, want_retry_status):
     check(n == 1, lambda: "COMMIT cut %s: %d orders with the key, want 1" % (where, n))
     unknown = shoplib.metric(c, "pgtx_shop_pool_commit_unknown_total")
     check(unknown == len(proxy.cuts), lambda: "pool_commit_unknown_total %d after %d cuts" % (unknown, len(proxy.cuts)))
-    return "%s: 503 commit_unknown, same key again -> %d, 1 order" % (where, again.status)
+    return "%s: 503 commit_unknown after %.2f s, same key again -> %d, 1 order" % (
+        where, took, again.status)
 
 
 def outage(h, proxy, c, mode, acct, prod):
-    """mode "down" or "hang": every database route is a prompt 503."""
+    """mode "down", "hang" or "stall": every database route is a prompt 503."""
     errors0 = shoplib.metric(c, "pgtx_shop_pool_connect_errors_total")
     proxy.set_mode(mode)
     slowest, codes = 0.0, set()
@@ -330,8 +359,9 @@ def outage(h, proxy, c, mode, acct, prod):
                   and r.headers.get("retry-after"),
                   lambda: "database %s: %s %s: want 503 database_unavailable|overloaded with "
                   "Retry-After, got %r %s" % (mode, method, path, r, r.headers))
-            check(took <= ANSWER_BOUND, lambda: "database %s: %s %s answered after %.1f s (bound %.1f s)"
-                  % (mode, method, path, took, ANSWER_BOUND))
+            bound = ANSWER_BOUND[mode] * SLOW
+            check(took <= bound, lambda: "database %s: %s %s answered after %.1f s (bound %.1f s)"
+                  % (mode, method, path, took, bound))
             codes.add(r.error_code)
     # /metrics needs no database, and shows the outage
     errors = shoplib.metric(c, "pgtx_shop_pool_connect_errors_total") - errors0
@@ -374,7 +404,8 @@ def run_faults(h, proxy, user, db):
     dsn = "host=127.0.0.1 port=%d user=%s dbname=%s connect_timeout=5 sslmode=disable" % (
         proxy.port, conninfo_quote(user), conninfo_quote(db))
     s = h.start_server(database=dsn, extra=["--pool-size", "2", "--max-overflow", "0",
-                                            "--pool-timeout-ms", str(POOL_TIMEOUT_MS), "--threads", "4"])
+                                            "--pool-timeout-ms", str(POOL_TIMEOUT_MS),
+                                            "--db-timeout-ms", str(DB_TIMEOUT_MS), "--threads", "4"])
     c = shoplib.Client(*s.addr, timeout=CLIENT_TIMEOUT)
     h.default_addr = s.addr
     acct = h.create_account(balance=1_000_000, c=c)["id"]
@@ -384,10 +415,11 @@ def run_faults(h, proxy, user, db):
 
     log("commit cut " + check_commit_cut(h, proxy, c, acct, prod, "before", 201))
     log("commit cut " + check_commit_cut(h, proxy, c, acct, prod, "after", 200))
+    log("commit cut " + check_commit_cut(h, proxy, c, acct, prod, "hold", 201))
 
     before, bad = h.snapshot_and_invariants()
     check(not bad, lambda: "invariants before the outage: %r" % bad)
-    for mode in ("down", "hang"):
+    for mode in ("down", "hang", "stall"):
         log_mark = len(s.log_text())
         log("database " + outage(h, proxy, c, mode, acct, prod))
         took = recover(h, proxy, c)
@@ -410,7 +442,7 @@ def run_faults(h, proxy, user, db):
     # only the acknowledged writes: one deposit; the first order, one per
     # cut, the last one
     check(deposits == 1, lambda: "%d deposits in the ledger, want the 1 acknowledged" % deposits)
-    check(orders == 4, lambda: "%d orders in the ledger, want 4" % orders)
+    check(orders == 5, lambda: "%d orders in the ledger, want 5" % orders)
     n = h.check_invariants(what="after the faults")
     c.close()
     log("after: deposit 200, order 201; %d orders, invariants hold over %d entities; proxy cuts %s"

@@ -63,7 +63,7 @@ BAD_FLAG_DEADLINE = 5.0 * SLOW    # a bad flag must end the process this fast
 UNREACHABLE_DEADLINE = 15.0 * SLOW
 
 FLAGS = ("--database", "--data-dir", "--listen", "--admin-token", "--threads", "--queue",
-         "--pool-size", "--max-overflow", "--pool-timeout-ms", "--strategy", "--allow-unsafe",
+         "--pool-size", "--max-overflow", "--pool-timeout-ms", "--db-timeout-ms", "--strategy", "--allow-unsafe",
          "--log-level", "--max-body", "--help")
 
 
