@@ -131,7 +131,11 @@ PGTX_API const char *pgtx_class_name(pgtx_class cls);
 /*
  * True for the statuses the runner retries by default: SERIALIZATION,
  * DEADLOCK, STALE and CONNECTION_LOST (a connection lost before COMMIT was
- * sent).  Never true for COMMIT_UNKNOWN.
+ * sent).  Never true for COMMIT_UNKNOWN.  SERIALIZATION also stands for
+ * PostgreSQL's internal error "new multixact has more than one updating
+ * member" (SQLSTATE XX000, kept in pgtx_error.sqlstate): a race in its row
+ * locking under concurrent updates of rows that foreign keys lock, which
+ * aborts the transaction and goes away when it runs again.
  */
 PGTX_API bool pgtx_status_is_retryable(pgtx_status st);
 /* The status libpgtx gives to a SQLSTATE ("40001" -> SERIALIZATION, ...). */

@@ -130,6 +130,41 @@ static void constraint_violation_is_classified(void **state)
     assert_int_equal(info.attempts, 1); /* not retried */
 }
 
+/* The first attempt fails with the internal error text `message` (raised
+   from PL/pgSQL with SQLSTATE XX000, as PostgreSQL's own elog does); the
+   next ones insert a row. */
+static pgtx_status internal_error_once(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    const char *message = p;
+    char sql[512];
+    if (pgtx_tx_attempt(tx) == 1)
+        snprintf(sql, sizeof sql, "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'XX000', "
+                 "MESSAGE = '%s'; END $$", message);
+    else
+        snprintf(sql, sizeof sql, "INSERT INTO %s VALUES (7, 0)", tbl);
+    return pgtx_query(tx, sql, 0, NULL, NULL, err);
+}
+
+static void multixact_race_is_retried_other_internal_errors_are_not(void **state)
+{
+    (void)state;
+    pgtx_run_info info;
+    pgtx_error err;
+    char race[] = "new multixact has more than one updating member: "
+                  "0 2[7622 (nokeyupd), 7623 (nokeyupd)]";
+    pgtx_status st = pgtx_run(rc, internal_error_once, race, &info, &err);
+    if (st != PGTX_OK)
+        fail_msg("%s: %s", pgtx_status_name(st), err.message);
+    assert_int_equal(info.attempts, 2);
+    assert_int_equal(rows(), 1);
+    h_execf(admin, "TRUNCATE %s", tbl);
+    char other[] = "could not read block 0 of relation base/1/2";
+    assert_int_equal(pgtx_run(rc, internal_error_once, other, &info, &err), PGTX_SQL);
+    assert_string_equal(err.sqlstate, "XX000");
+    assert_int_equal(info.attempts, 1);
+    assert_int_equal(rows(), 0);
+}
+
 static void stale_is_retried(void **state)
 {
     (void)state;
@@ -673,6 +708,8 @@ int main(void)
         cmocka_unit_test_setup(swallowed_error_still_rolls_back, reset_table),
         cmocka_unit_test_setup(constraint_violation_is_classified, reset_table),
         cmocka_unit_test_setup(stale_is_retried, reset_table),
+        cmocka_unit_test_setup(multixact_race_is_retried_other_internal_errors_are_not,
+                               reset_table),
         cmocka_unit_test_setup(attempts_and_budget_bound_retries, reset_table),
         cmocka_unit_test_setup(killed_mid_transaction_is_retried_on_a_fresh_connection,
                                reset_table),

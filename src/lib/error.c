@@ -144,12 +144,29 @@ pgtx_status pgtx__error_from_conn(pgtx_error *err, PGconn *pg, pgtx_status st)
     return st;
 }
 
+/* PostgreSQL's row locking has a race (seen on 15 and 17): while
+   transactions hold key-share locks on a row (foreign key checks do), one
+   of its updaters rolls back and another updates it; the new multixact can
+   then list both as updaters, and the statement fails with this internal
+   error.  It aborts the whole transaction and says nothing about the data,
+   so it is what 40001 means: run it again.  elog() texts are never
+   translated, so the prefix is stable. */
+static bool is_multixact_race(const char *state, const PGresult *res)
+{
+    static const char MSG[] = "new multixact has more than one updating member";
+    const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    return strcmp(state, "XX000") == 0 && primary != NULL &&
+           strncmp(primary, MSG, sizeof MSG - 1) == 0;
+}
+
 pgtx_status pgtx__error_from_result(pgtx_error *err, PGconn *pg,
                                     const PGresult *res)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     pgtx_status st;
-    if (state != NULL)
+    if (state != NULL && is_multixact_race(state, res))
+        st = PGTX_SERIALIZATION;
+    else if (state != NULL)
         st = pgtx_status_from_sqlstate(state);
     else if (pg == NULL || PQstatus(pg) != CONNECTION_OK)
         st = PGTX_CONNECTION_LOST;

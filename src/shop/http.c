@@ -229,6 +229,10 @@ static void run_job(shop_http *h, http_job *job)
         route_metrics(h, job);
     else
         shop_app_handle(h->app, &job->req, &job->res);
+    /* A 500 is our bug, never the client's: keep what the server said. */
+    if (job->res.status == 500)
+        shop_log(SHOP_LOG_ERROR, "req=%llu %s %s: %s", job->id, job->req.method,
+                 job->req.path, job->res.body ? job->res.body : "(no body)");
 }
 
 /* ---- the workers ----------------------------------------------------------- */
