@@ -197,8 +197,9 @@ typedef struct pgtx_pool_config {
     pgtx_log_fn log;         /* NULL: silent, except echo goes to stderr */
     void *log_arg;
     /* The longest the library waits for the server to answer one statement
-       (its own round trips, the runner's statements, COMMIT, ROLLBACK),
-       default 0 = as long as it takes, like libpq.  Past it the connection
+       (its own round trips, the runner's statements, COMMIT, ROLLBACK; not
+       what you send yourself on a borrowed PGconn), default 0 = as long as
+       it takes, like libpq.  Past it the connection
        is closed and the call fails with SOCKET_TIMEOUT, or COMMIT_UNKNOWN
        during COMMIT: what bounds a request when the server or the network
        stops answering an open connection (a failover, a partition), which
