@@ -26,8 +26,9 @@ shutdown with a request in flight, the generated admin token, IPv6.
    in the database.
 4. The generated admin token (embedded cluster in a temporary folder): the
    token printed on the `admin token:` line is in DIR/admin-token, mode
-   0600; it works; it is the same after a restart; after SIGTERM no
-   PostgreSQL process of that data folder is left.
+   0600; it works; it is the same after a restart; after SIGTERM, and after
+   SIGINT (Ctrl-C), the server exits 0 and no PostgreSQL process of that
+   data folder is left.
 5. IPv6: `--listen [::1]:0` serves /healthz (skipped with a note when ::1 is
    not configured).
 
@@ -507,17 +508,20 @@ class Proc:
             self.lines.append(line)
         return self.lines
 
-    def terminate(self):
+    def terminate(self, sig=signal.SIGTERM):
+        """SIGTERM, or SIGINT (what Ctrl-C on `make run` sends)."""
         t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        name = signal.Signals(sig).name
+        self.proc.send_signal(sig)
         try:
             rc = self.proc.wait(timeout=shoplib.STOP_DEADLINE)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-            fail("%s did not exit within %.0f s of SIGTERM (killed); stderr:\n%s"
-                 % (self.name, shoplib.STOP_DEADLINE, self.stderr_text()))
-        check(rc == 0, lambda: "%s exited %s after SIGTERM, want 0; stderr:\n%s" % (self.name, rc, self.stderr_text()))
+            fail("%s did not exit within %.0f s of %s (killed); stderr:\n%s"
+                 % (self.name, shoplib.STOP_DEADLINE, name, self.stderr_text()))
+        check(rc == 0, lambda: "%s exited %s after %s, want 0; stderr:\n%s"
+              % (self.name, rc, name, self.stderr_text()))
         return time.monotonic() - t0
 
     def close(self):
@@ -663,11 +667,11 @@ def check_admin_token(h):
         check(r.status == 200 and r.json.get("balance") == 5,
               lambda: "GET /v1/accounts/%d with the admin token after a restart: %r" % (aid, r))
         c.close()
-        stop2 = p.terminate()
-        gone2 = check_gone(data_dir, pids, pg_ctl, "after the final SIGTERM")
+        stop2 = p.terminate(signal.SIGINT)
+        gone2 = check_gone(data_dir, pids, pg_ctl, "after the final SIGINT")
         log("admin token (embedded cluster): started in %.1f s, token in %s mode 600 matches the printed one"
             " and creates an account (a wrong one: 401); SIGTERM exit 0 in %.2f s, cluster gone %.2f s later;"
-            " restart in %.1f s prints the same token, the account is there; exit 0 in %.2f s, no postgres"
+            " restart in %.1f s prints the same token, the account is there; SIGINT exit 0 in %.2f s, no postgres"
             " process of %s left (%d were running; %s)"
             % (started, token_path, stop1, gone1, restarted, stop2, data_dir, len(pids),
                "pg_ctl status: no server running" if pg_ctl else "pg_ctl not found"))
