@@ -7,7 +7,7 @@ PACKAGES=(
   gcc clang make cmake pkg-config python3
   libpq-dev libcmocka-dev
   libmicrohttpd-dev libjansson-dev libsodium-dev curl
-  postgresql postgresql-common postgresql-contrib
+  postgresql postgresql-common postgresql-contrib pgbouncer
 )
 
 missing=()

@@ -19,6 +19,7 @@ Every loop is bounded in count and time; waits poll with deadlines.
 Standard library only.
 """
 
+import collections
 import concurrent.futures
 import http.client
 import itertools
@@ -158,6 +159,23 @@ def sql_json(*queries):
     check(len(lines) == len(queries), "psql returned %d lines for %d queries" % (len(lines), len(queries)))
     out = [json.loads(line) for line in lines]
     return out if len(queries) > 1 else out[0]
+
+
+def upstream_address():
+    """Where PostgreSQL listens for this test's DSN: ('tcp', host, port) or
+    ('unix', path), plus the user and database to log in as."""
+    row = psql("SELECT concat_ws('|', coalesce(host(inet_server_addr()), ''),"
+                       " current_setting('port'), current_setting('unix_socket_directories'),"
+                       " current_user, current_database());")[0]
+    host, port, sockdirs, user, db = row.split("|")
+    if host:
+        return ("tcp", host, int(port)), user, db
+    first = sockdirs.split(",")[0].strip()
+    return ("unix", os.path.join(first, ".s.PGSQL.%s" % port)), user, db
+
+
+def conninfo_quote(v):
+    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def id_array(ids):
@@ -626,6 +644,55 @@ class Harness:
         snap = json.loads(lines[0])
         bad = [(n, json.loads(l)) for (n, _), l in zip(qs, lines[1:]) if json.loads(l)]
         return snap, bad
+
+
+# ---------------------------------------------------------------- load -----
+
+def hammer_deposits(addr, acct, strategy, clients, per_client, deadline_s):
+    """`clients` threads, each on its own keep-alive connection to addr,
+    make `per_client` deposits of 1 to one account, starting together.
+    Returns (statuses, retries, elapsed, samples of odd responses).
+    strategy "mixed": client i uses STRATEGIES[i % 4], all on the same row
+    at once."""
+    path = "/v1/accounts/%d/deposits" % acct["id"]
+    started = []
+    barrier = threading.Barrier(clients, action=lambda: started.append(time.monotonic()),
+                                timeout=60 * SLOW)
+
+    def worker(i):
+        hdr = {"Pgtx-Strategy": STRATEGIES[i % len(STRATEGIES)] if strategy == "mixed" else strategy}
+        c = Client(*addr)
+        statuses, retries, odd = collections.Counter(), 0, []
+        try:
+            r = c.request("GET", "/healthz")  # connect before the start line
+            check(r.status == 200, lambda: "GET /healthz: %r" % r)
+            barrier.wait()
+            deadline = started[0] + deadline_s
+            for _ in range(per_client):
+                if time.monotonic() > deadline:
+                    fail("%s round exceeded %.0f s" % (strategy, deadline_s))
+                r = c.request("POST", path, {"amount": 1}, token=acct["token"], headers=hdr)
+                statuses[r.status] += 1
+                if r.status == 200 and isinstance(r.retries, int):
+                    retries += r.retries
+                else:
+                    if len(odd) < 3:
+                        odd.append(r)
+                    if r.status == 200:
+                        odd.append("200 with Pgtx-Retries %r" % r.headers.get("pgtx-retries"))
+        finally:
+            c.close()
+        return statuses, retries, odd
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as ex:
+        results = list(ex.map(worker, range(clients)))
+    elapsed = time.monotonic() - started[0]
+    statuses, retries, odd = collections.Counter(), 0, []
+    for s, r, o in results:
+        statuses.update(s)
+        retries += r
+        odd += o
+    return statuses, retries, elapsed, odd
 
 
 # ------------------------------------------------------------- running -----

@@ -12,67 +12,18 @@ balance ends short), which shows the test can see a lost update at all.
 usage: test_concurrent_deposits.py PGTX_SHOP_BINARY
 """
 
-import collections
-import concurrent.futures
 import os
 import sys
-import threading
-import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shoplib  # noqa: E402
-from shoplib import STRATEGIES, check, fail  # noqa: E402
+from shoplib import STRATEGIES, check  # noqa: E402
 
 CLIENTS = 64
 PER_CLIENT = 50
 INITIAL = 1000
 ROUND_DEADLINE = 120.0 * shoplib.SLOW
-
-
-def deposit_round(h, addr, acct, strategy):
-    """64 clients x 50 deposits of 1; returns (statuses, retries, elapsed,
-    samples of non-200 responses).  strategy "mixed": client i uses
-    STRATEGIES[i % 4], all on the same row at once."""
-    path = "/v1/accounts/%d/deposits" % acct["id"]
-    started = []
-    barrier = threading.Barrier(CLIENTS, action=lambda: started.append(time.monotonic()),
-                                timeout=60 * shoplib.SLOW)
-
-    def worker(i):
-        hdr = {"Pgtx-Strategy": STRATEGIES[i % len(STRATEGIES)] if strategy == "mixed" else strategy}
-        c = shoplib.Client(*addr)
-        statuses, retries, odd = collections.Counter(), 0, []
-        try:
-            r = c.request("GET", "/healthz")  # connect before the start line
-            check(r.status == 200, lambda: "GET /healthz: %r" % r)
-            barrier.wait()
-            deadline = started[0] + ROUND_DEADLINE
-            for _ in range(PER_CLIENT):
-                if time.monotonic() > deadline:
-                    fail("%s round exceeded %.0f s" % (strategy, ROUND_DEADLINE))
-                r = c.request("POST", path, {"amount": 1}, token=acct["token"], headers=hdr)
-                statuses[r.status] += 1
-                if r.status == 200 and isinstance(r.retries, int):
-                    retries += r.retries
-                else:
-                    if len(odd) < 3:
-                        odd.append(r)
-                    if r.status == 200:
-                        odd.append("200 with Pgtx-Retries %r" % r.headers.get("pgtx-retries"))
-        finally:
-            c.close()
-        return statuses, retries, odd
-
-    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as ex:
-        results = list(ex.map(worker, range(CLIENTS)))
-    elapsed = time.monotonic() - started[0]
-    statuses, retries, odd = collections.Counter(), 0, []
-    for s, r, o in results:
-        statuses.update(s)
-        retries += r
-        odd += o
-    return statuses, retries, elapsed, odd
 
 
 def deposit_lines(servers):
@@ -90,7 +41,7 @@ def main(h):
     for s in STRATEGIES + ("mixed",):
         acct = h.create_account(INITIAL)
         logged = deposit_lines(servers)
-        statuses, retries, elapsed, odd = deposit_round(h, servers[0].addr, acct, s)
+        statuses, retries, elapsed, odd = shoplib.hammer_deposits(servers[0].addr, acct, s, CLIENTS, PER_CLIENT, ROUND_DEADLINE)
         bal = h.get("/v1/accounts/%d" % acct["id"])["balance"]
         split = [n - m for n, m in zip(deposit_lines(servers), logged)]
         report.append((s, total / elapsed, retries, elapsed, bal, split))
@@ -119,7 +70,7 @@ def main(h):
         acct = h.create_account(INITIAL, c=h.client(unsafe[0].addr))
         with h._lock:
             h.accounts.discard(acct["id"])  # its invariants break on purpose
-        statuses, retries, elapsed, odd = deposit_round(h, unsafe[0].addr, acct, "naive")
+        statuses, retries, elapsed, odd = shoplib.hammer_deposits(unsafe[0].addr, acct, "naive", CLIENTS, PER_CLIENT, ROUND_DEADLINE)
         bal = h.get("/v1/accounts/%d" % acct["id"], c=h.client(unsafe[0].addr))["balance"]
         ledger = shoplib.sql_json("SELECT coalesce(sum(amount), 0) AS s FROM ledger WHERE account_id = %d"
                                   % acct["id"])[0]["s"]

@@ -79,23 +79,6 @@ def close_quietly(sock):
     sock.close()
 
 
-def upstream_address():
-    """Where PostgreSQL listens for this test's DSN: ('tcp', host, port) or
-    ('unix', path), plus the user and database to log in as."""
-    row = shoplib.psql("SELECT concat_ws('|', coalesce(host(inet_server_addr()), ''),"
-                       " current_setting('port'), current_setting('unix_socket_directories'),"
-                       " current_user, current_database());")[0]
-    host, port, sockdirs, user, db = row.split("|")
-    if host:
-        return ("tcp", host, int(port)), user, db
-    first = sockdirs.split(",")[0].strip()
-    return ("unix", os.path.join(first, ".s.PGSQL.%s" % port)), user, db
-
-
-def conninfo_quote(v):
-    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 class Pair:
     """One client connection through the proxy and its server connection."""
 
@@ -392,7 +375,7 @@ def recover(h, proxy, c):
 
 
 def main(h):
-    upstream, user, db = upstream_address()
+    upstream, user, db = shoplib.upstream_address()
     proxy = PgProxy(upstream)
     try:
         run_faults(h, proxy, user, db)
@@ -402,7 +385,7 @@ def main(h):
 
 def run_faults(h, proxy, user, db):
     dsn = "host=127.0.0.1 port=%d user=%s dbname=%s connect_timeout=5 sslmode=disable" % (
-        proxy.port, conninfo_quote(user), conninfo_quote(db))
+        proxy.port, shoplib.conninfo_quote(user), shoplib.conninfo_quote(db))
     s = h.start_server(database=dsn, extra=["--pool-size", "2", "--max-overflow", "0",
                                             "--pool-timeout-ms", str(POOL_TIMEOUT_MS),
                                             "--db-timeout-ms", str(DB_TIMEOUT_MS), "--threads", "4"])
