@@ -281,6 +281,17 @@ def metric(c, name):
     fail("GET /metrics: no %s" % name)
 
 
+def free_port():
+    """A port nothing listens on right now: for a process that cannot be
+    told port 0, or one that must not listen on it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
 def raw_exchange(host, port, data, timeout=HTTP_TIMEOUT):
     """Sends raw bytes on a fresh socket; returns the parsed first response
     (or raises on a connection error)."""

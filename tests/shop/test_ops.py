@@ -74,17 +74,6 @@ def clean_env():
     return {k: v for k, v in os.environ.items() if not (k.startswith("PGTX_") or k == "DATABASE_URL")}
 
 
-def free_port():
-    """A port nothing listens on right now (for processes that must not
-    start listening on it)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
 def refuses(host, port):
     """True when nothing accepts connections on host:port."""
     try:
@@ -378,7 +367,7 @@ def check_startup_errors(h):
            (["--strategy", "naive"], "--allow-unsafe")]
     slowest = 0.0
     for args, names in bad:
-        port = free_port()
+        port = shoplib.free_port()
         cmd = [h.binary, "--database", shoplib.DSN, "--listen", "127.0.0.1:%d" % port] + args
         rc, out, err, took = run_bounded(cmd, BAD_FLAG_DEADLINE)
         what = "pgtx-shop ... %s" % " ".join(args)
@@ -396,7 +385,7 @@ def check_startup_errors(h):
     missing = [f for f in FLAGS if f not in listed]
     check(not missing, lambda: "pgtx-shop --help does not list %s:\n%s" % (", ".join(missing), out))
 
-    port = free_port()
+    port = shoplib.free_port()
     dsn = "host=127.0.0.1 port=1 connect_timeout=1"
     cmd = [h.binary, "--database", dsn, "--listen", "127.0.0.1:%d" % port]
     rc, out, err, unreach = run_bounded(cmd, UNREACHABLE_DEADLINE)

@@ -34,7 +34,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,15 +56,6 @@ DEFAULTS = {"transaction_isolation": "read committed", "transaction_read_only": 
             "statement_timeout": "0", "lock_timeout": "0"}
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
 class Bouncer:
     """A PgBouncer of this test's, in a folder of its own; as root it runs
     as the postgres user (it refuses root)."""
@@ -74,28 +64,39 @@ class Bouncer:
         self.exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         check(os.access(self.exe, os.X_OK), "pgbouncer is not installed (scripts/deps.sh installs it)")
         self.dir = tempfile.mkdtemp(prefix="pgtx-bouncer-", dir="/tmp")
-        self.port = free_port()
         self.user, self.db = user, db
         if upstream[0] == "unix":
-            host, port = os.path.dirname(upstream[1]), upstream[1].rsplit(".", 1)[1]
+            self.server = "host=%s port=%s" % (os.path.dirname(upstream[1]), upstream[1].rsplit(".", 1)[1])
         else:
-            host, port = upstream[1], upstream[2]
-        password = os.environ.get("PGPASSWORD", "")
-        server = "host=%s port=%s dbname=%s user=%s" % (host, port, db, user)
-        if password:
-            server += " password=%s" % password
+            self.server = "host=%s port=%s" % upstream[1:]
+        self.server += " dbname=%s user=%s" % (db, user)
+        if os.environ.get("PGPASSWORD"):
+            self.server += " password=%s" % os.environ["PGPASSWORD"]
+        # PgBouncer cannot be told port 0: a free port, and another if
+        # something took it meanwhile
+        for attempt in range(3):
+            self.port = shoplib.free_port()
+            self.proc = self._start()
+            if self._wait_ready(last=attempt == 2):
+                return
+
+    def _write_config(self):
         ini = os.path.join(self.dir, "pgbouncer.ini")
         with open(ini, "w") as f:
-            f.write("[databases]\nshop = %s\n\n[pgbouncer]\n" % server)
+            f.write("[databases]\nshop = %s\n\n[pgbouncer]\n" % self.server)
             f.write("listen_addr = 127.0.0.1\nlisten_port = %d\nunix_socket_dir =\n" % self.port)
             f.write("auth_type = trust\nauth_file = %s\n" % os.path.join(self.dir, "users.txt"))
-            f.write("admin_users = %s\nstats_users = %s\n" % (user, user))
+            f.write("admin_users = %s\nstats_users = %s\n" % (self.user, self.user))
             f.write("pool_mode = transaction\ndefault_pool_size = %d\nmin_pool_size = 0\n"
                     "reserve_pool_size = 0\nmax_client_conn = 200\n" % SERVER_CONNECTIONS)
             f.write("logfile = %s\npidfile = %s\n" % (os.path.join(self.dir, "pgbouncer.log"),
                                                       os.path.join(self.dir, "pgbouncer.pid")))
         with open(os.path.join(self.dir, "users.txt"), "w") as f:
-            f.write('"%s" ""\n' % user)
+            f.write('"%s" ""\n' % self.user)
+        return ini
+
+    def _start(self):
+        ini = self._write_config()
         cmd = [self.exe, ini]
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
@@ -104,9 +105,8 @@ class Bouncer:
             cmd = [self.exe, "-u", "postgres", ini]
         if shoplib.SETPRIV:
             cmd = [shoplib.SETPRIV, "--pdeathsig", "KILL"] + cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        self._wait_ready()
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
 
     def dsn(self, db="shop"):
         return "host=127.0.0.1 port=%d dbname=%s user=%s sslmode=disable" % (
@@ -118,15 +118,19 @@ class Bouncer:
         check(r.returncode == 0, lambda: "psql via pgbouncer %r: %s" % (sql, r.stderr.decode(errors="replace")))
         return r.stdout.decode().splitlines()
 
-    def _wait_ready(self):
+    def _wait_ready(self, last):
+        """True once it answers; False when it exited at start and this was
+        not the last attempt."""
         deadline = time.monotonic() + START_DEADLINE
         while True:
             if self.proc.poll() is not None:
+                if not last:
+                    return False
                 fail("pgbouncer exited with %s at start; log:\n%s" % (self.proc.returncode, self.log_tail()))
             r = subprocess.run(["psql", "-X", "-A", "-t", "-d", self.dsn(), "-c", "SELECT 1"],
                                capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
             if r.returncode == 0:
-                return
+                return True
             if time.monotonic() > deadline:
                 fail("pgbouncer did not answer within %.0f s: %s; log:\n%s"
                      % (START_DEADLINE, r.stderr.decode(errors="replace"), self.log_tail()))
@@ -161,9 +165,8 @@ class Bouncer:
 
 def buy_round(h, addr, prod, accounts):
     """Each account orders 1 at once, strategies mixed; returns a Counter of
-    (status, code)."""
+    (status, code) and the seconds it took."""
     barrier = threading.Barrier(len(accounts), timeout=60 * SLOW)
-    deadline = []
 
     def buyer(i):
         c = shoplib.Client(*addr)
@@ -182,8 +185,8 @@ def buy_round(h, addr, prod, accounts):
     with concurrent.futures.ThreadPoolExecutor(len(accounts)) as ex:
         t0 = time.monotonic()
         out = collections.Counter(ex.map(buyer, range(len(accounts))))
-        deadline.append(time.monotonic() - t0)
-    return out, deadline[0]
+        took = time.monotonic() - t0
+    return out, took
 
 
 def check_sessions_clean(b):
