@@ -281,6 +281,7 @@ typedef struct pgtx_pool_stats {
     uint64_t retries_stale;
     uint64_t retries_connection;
     uint64_t commit_unknown;
+    uint64_t socket_timeouts; /* connections closed by socket_timeout_ms */
 } pgtx_pool_stats;
 
 /* A consistent snapshot of the pool's statistics.  Thread-safe. */

@@ -425,6 +425,7 @@ static void socket_timeout_bounds_a_silent_server(void **state)
         pgtx_pool_stats s;
         pgtx_pool_stats_get(p, &s);
         assert_int_equal(s.open, 0); /* that connection is gone */
+        assert_int_equal(s.socket_timeouts, (uint64_t)nth);
         /* and the pool goes on with a fresh one */
         assert_int_equal(pgtx_run(e, select_one, NULL, NULL, &err), PGTX_OK);
     }

@@ -41,6 +41,7 @@ typedef struct pgtx__tx_counters {
     atomic_uint_fast64_t retries_stale;
     atomic_uint_fast64_t retries_connection;
     atomic_uint_fast64_t commit_unknown;
+    atomic_uint_fast64_t socket_timeouts;
 } pgtx__tx_counters;
 
 pgtx__tx_counters *pgtx__pool_counters(pgtx_pool *pool);

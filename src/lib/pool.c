@@ -472,6 +472,7 @@ static void await_result(pgtx_conn *c)
         if (left_ms <= 0) {
             c->timed_out = true;
             (void)shutdown(PQsocket(pg), SHUT_RDWR);
+            atomic_fetch_add(&c->pool->tx.socket_timeouts, 1);
             pgtx__log(c->pool, PGTX_LOG_WARNING, "pgtx conn %llu: no answer "
                       "within socket_timeout_ms (%d ms): closing it",
                       (unsigned long long)c->id, limit);
@@ -961,4 +962,5 @@ void pgtx_pool_stats_get(pgtx_pool *pool, pgtx_pool_stats *s)
     s->retries_stale = load(&pool->tx.retries_stale);
     s->retries_connection = load(&pool->tx.retries_connection);
     s->commit_unknown = load(&pool->tx.commit_unknown);
+    s->socket_timeouts = load(&pool->tx.socket_timeouts);
 }

@@ -277,6 +277,9 @@ static void render_runner(FILE *f, const pgtx_pool_stats *s)
             (unsigned long long)s->retries_connection);
     counter(f, "pool_commit_unknown_total",
             "Connections lost during COMMIT (outcome unknown).", s->commit_unknown);
+    counter(f, "pool_socket_timeouts_total",
+            "Connections closed after no answer within --db-timeout-ms.",
+            s->socket_timeouts);
 }
 
 static void render_http(FILE *f, const shop_http_gauges *g)

@@ -320,6 +320,9 @@ def check_commit_cut(h, proxy, c, acct, prod, where, want_retry_status):
     check(n == 1, lambda: "COMMIT cut %s: %d orders with the key, want 1" % (where, n))
     unknown = shoplib.metric(c, "pgtx_shop_pool_commit_unknown_total")
     check(unknown == len(proxy.cuts), lambda: "pool_commit_unknown_total %d after %d cuts" % (unknown, len(proxy.cuts)))
+    silent = shoplib.metric(c, "pgtx_shop_pool_socket_timeouts_total")
+    want = proxy.cuts.count("hold")
+    check(silent == want, lambda: "pool_socket_timeouts_total %d after %d held COMMITs" % (silent, want))
     return "%s: 503 commit_unknown after %.2f s, same key again -> %d, 1 order" % (
         where, took, again.status)
 
@@ -327,6 +330,7 @@ def check_commit_cut(h, proxy, c, acct, prod, where, want_retry_status):
 def outage(h, proxy, c, mode, acct, prod):
     """mode "down", "hang" or "stall": every database route is a prompt 503."""
     errors0 = shoplib.metric(c, "pgtx_shop_pool_connect_errors_total")
+    silent0 = shoplib.metric(c, "pgtx_shop_pool_socket_timeouts_total")
     proxy.set_mode(mode)
     slowest, codes = 0.0, set()
     for i in range(OUTAGE_REQUESTS):
@@ -349,8 +353,12 @@ def outage(h, proxy, c, mode, acct, prod):
     # /metrics needs no database, and shows the outage
     errors = shoplib.metric(c, "pgtx_shop_pool_connect_errors_total") - errors0
     check(errors >= 1, lambda: "database %s: pool_connect_errors_total went up by %d" % (mode, errors))
-    return "%s: %d requests, all 503 %s, slowest %.2f s; /metrics: %d connect errors" % (
-        mode, 4 * OUTAGE_REQUESTS, "|".join(sorted(codes)), slowest, errors)
+    # only a stall leaves open connections without an answer
+    silent = shoplib.metric(c, "pgtx_shop_pool_socket_timeouts_total") - silent0
+    check((silent >= 1) == (mode == "stall"), lambda: "database %s: pool_socket_timeouts_total went up by %d"
+          % (mode, silent))
+    return "%s: %d requests, all 503 %s, slowest %.2f s; /metrics: %d connect errors, %d socket timeouts" % (
+        mode, 4 * OUTAGE_REQUESTS, "|".join(sorted(codes)), slowest, errors, silent)
 
 
 def outage_log_lines(server, since):
