@@ -113,7 +113,7 @@ class PgProxy:
         self.cut = None
         self.cuts = []           # what was cut, in order
         self.pairs = set()
-        self.hung = []           # sockets accepted in "hang" mode
+        self.hung = []           # sockets accepted in "hang" or "stall" mode
         self.stopping = False
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -198,7 +198,7 @@ class PgProxy:
             if head is None:
                 return False
             length, code = struct.unpack("!II", head)
-            if length in (8,) and code in (SSL_REQUEST, GSS_REQUEST):
+            if length == 8 and code in (SSL_REQUEST, GSS_REQUEST):
                 p.client.sendall(b"N")
                 continue
             rest = recv_exact(p.client, length - 8)
