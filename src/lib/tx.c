@@ -288,18 +288,15 @@ static pgtx_status tx_commit(pgtx_tx *tx, pgtx_error *err)
     pgtx__echo(tx->pool, tx->conn, "COMMIT", pgtx__now_us() - t0);
     pgtx_status st = PGTX_OK;
     if (!result_ok(r)) {
-        st = pgtx__error_from_result(err, tx->pg, r);
+        pgtx_error e;
+        st = socket_timeout(tx, pgtx__error_from_result(&e, tx->pg, r), &e);
+        if (err && pgtx_status_class(st) != PGTX_CLASS_CONNECTION)
+            *err = e;
         /* The server may have committed before the connection broke. */
         if (pgtx_status_class(st) == PGTX_CLASS_CONNECTION) {
-            char why[160];
-            if (pgtx__conn_timed_out(tx->conn))
-                snprintf(why, sizeof why, "no answer within socket_timeout_ms (%d ms)",
-                         pgtx__socket_timeout_ms(tx->pool));
-            else
-                snprintf(why, sizeof why, "%s", PQerrorMessage(tx->pg));
             st = pgtx_fail(err, PGTX_COMMIT_UNKNOWN,
                            "connection lost during COMMIT; the transaction "
-                           "may have committed: %s", why);
+                           "may have committed: %s", e.message);
             atomic_fetch_add(&pgtx__pool_counters(tx->pool)->commit_unknown, 1);
         }
     } else if (strcmp(PQcmdStatus(r), "COMMIT") != 0) {

@@ -133,11 +133,6 @@ static const shop_route *route_find(const shop_request *req, shop_response *res,
 
 /* ---- auth and strategy ----------------------------------------------------- */
 
-static void res_who(shop_ctx *ctx)
-{
-    ctx->res->who = ctx->role == SHOP_ROLE_ADMIN ? 0 : ctx->account_id;
-}
-
 static bool authorize(shop_ctx *ctx, shop_access access)
 {
     if (access == ACCESS_ANYONE)
@@ -149,7 +144,7 @@ static bool authorize(shop_ctx *ctx, shop_access access)
                     "a valid 'Authorization: Bearer <token>' is required");
         return false;
     }
-    res_who(ctx);
+    ctx->res->who = ctx->role == SHOP_ROLE_ADMIN ? 0 : ctx->account_id;
     if (ctx->role == SHOP_ROLE_ADMIN || access == ACCESS_SIGNED_IN)
         return true;
     if (access == ACCESS_OWNER_PATH)

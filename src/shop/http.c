@@ -94,6 +94,12 @@ static char *error_body(const char *code, const char *message)
     return body;
 }
 
+/* Until someone answers: a 500 with no headers, nobody acting. */
+static shop_response response_new(void)
+{
+    return (shop_response){.status = 500, .retries = -1, .route = "unknown", .who = -1};
+}
+
 static void set_error(shop_response *res, int status, const char *code,
                       const char *message, int retry_after)
 {
@@ -222,7 +228,7 @@ static void route_metrics(shop_http *h, http_job *job)
 
 static void run_job(shop_http *h, http_job *job)
 {
-    job->res = (shop_response){.status = 500, .retries = -1, .route = "unknown", .who = -1};
+    job->res = response_new();
     if (strcmp(job->req.path, "/healthz") == 0)
         route_healthz(h, job);
     else if (strcmp(job->req.path, "/metrics") == 0)
@@ -374,7 +380,7 @@ static http_job *job_new(struct MHD_Connection *conn, const char *url,
         .strategy = header(conn, "Pgtx-Strategy"),
         .idempotency_key = header(conn, "Idempotency-Key"),
     };
-    job->res = (shop_response){.status = 500, .retries = -1, .route = "unknown", .who = -1};
+    job->res = response_new();
     job->loopback = is_loopback(conn);
     return job;
 }
