@@ -98,7 +98,10 @@ typedef enum pgtx_class {
     X(SQL, SQL, "database error")                                             \
     X(SOCKET_TIMEOUT, CONNECTION,                                              \
       "the server did not answer within socket_timeout_ms; the connection "    \
-      "was closed")
+      "was closed")                                                            \
+    X(PREPARED_STALE, RETRYABLE,                                               \
+      "a cached prepared statement was gone or stale on the server (26000, "   \
+      "or 0A000 after a schema change); it is prepared again")
 
 typedef enum pgtx_status {
 #define PGTX_X_ENUM(name, cls, text) PGTX_##name,
@@ -115,10 +118,20 @@ typedef enum pgtx_status {
  * only writes into it.  `sqlstate` is "" when the server sent none (e.g. the
  * connection broke).
  */
+/* PostgreSQL's identifiers are at most 63 bytes (NAMEDATALEN - 1). */
+#define PGTX_ERROR_NAME_SIZE 64
+
 typedef struct pgtx_error {
     pgtx_status status;
     char sqlstate[6];
     char message[PGTX_ERROR_MESSAGE_SIZE];
+    /* The server's error fields, "" when it sent none: the constraint that
+       said no (23xxx), and the table and column it concerns (a NOT NULL
+       violation names the column).  Match on these, never on `message`,
+       which the server may translate. */
+    char constraint_name[PGTX_ERROR_NAME_SIZE];
+    char table[PGTX_ERROR_NAME_SIZE];
+    char column[PGTX_ERROR_NAME_SIZE];
 } pgtx_error;
 
 /* "PGTX_POOL_TIMEOUT" etc.; a static string, never NULL. */
@@ -130,8 +143,8 @@ PGTX_API pgtx_class pgtx_status_class(pgtx_status st);
 PGTX_API const char *pgtx_class_name(pgtx_class cls);
 /*
  * True for the statuses the runner retries by default: SERIALIZATION,
- * DEADLOCK, STALE and CONNECTION_LOST (a connection lost before COMMIT was
- * sent).  Never true for COMMIT_UNKNOWN.  SERIALIZATION also stands for
+ * DEADLOCK, STALE, PREPARED_STALE and CONNECTION_LOST (a connection lost
+ * before COMMIT was sent).  Never true for COMMIT_UNKNOWN.  SERIALIZATION also stands for
  * PostgreSQL's internal error "new multixact has more than one updating
  * member" (SQLSTATE XX000, kept in pgtx_error.sqlstate): a race in its row
  * locking under concurrent updates of rows that foreign keys lock, which
@@ -180,8 +193,8 @@ typedef struct pgtx_pool_config {
     /* Overrides conninfo's application_name when not NULL.  Copied. */
     const char *application_name;
     int pool_size;           /* connections kept open (default 5) */
-    int max_overflow;        /* extra ones opened under load, closed when
-                                returned (default 10) */
+    int max_overflow;        /* extra ones opened under load, closed after
+                                idle_timeout_ms unused (default 10) */
     int checkout_timeout_ms; /* wait for a connection at most this long,
                                 connecting included (default 30000) */
     int connect_timeout_ms;  /* one connection attempt (default 10000) */
@@ -206,6 +219,26 @@ typedef struct pgtx_pool_config {
        a server-side statement_timeout cannot.  Set it above the longest
        statement and lock wait you expect. */
     int socket_timeout_ms;
+    /* Statements each connection keeps prepared, least recently used
+       evicted first (default 256; 0 = none).  A statement that
+       pgtx_query() or pgtx_queue() runs is prepared by name on its first
+       use on a connection, in the same round trip as that first execution,
+       and reused after: no parse or plan per transaction.  A cached
+       statement that the server no longer has (SQLSTATE 26000, e.g. after
+       DISCARD ALL) or whose result type changed (0A000, after ALTER TABLE)
+       is dropped from the cache and the transaction fails with
+       PREPARED_STALE, which the runner retries by default; the retry
+       prepares it again.
+       NOTE: set 0 behind PgBouncer in transaction mode (before 1.21),
+       which moves a client among server connections between transactions:
+       a statement prepared on one is unknown on the next. */
+    int statement_cache_size;
+    /* A connection beyond pool_size (overflow) stays idle this long after
+       it is returned before it is closed, so that a burst does not open
+       and close a connection per transaction (default 60000; 0 = close it
+       as soon as it is returned).  Idle overflow is closed by the next
+       checkout, return or pgtx_pool_stats_get() after that time. */
+    int idle_timeout_ms;
 } pgtx_pool_config;
 
 /* Fill *cfg with the defaults above (conninfo ""). */
@@ -282,6 +315,13 @@ typedef struct pgtx_pool_stats {
     uint64_t retries_connection;
     uint64_t commit_unknown;
     uint64_t socket_timeouts; /* connections closed by socket_timeout_ms */
+    /* statement cache, all connections */
+    uint64_t stmt_hits;      /* executions of an already prepared statement */
+    uint64_t stmt_prepares;  /* statements prepared (first use, or again) */
+    uint64_t stmt_evictions; /* dropped to make room (least recently used) */
+    uint64_t retries_prepared; /* retries after PREPARED_STALE */
+    uint64_t retries_lock_not_available; /* retries after LOCK_NOT_AVAILABLE */
+    uint64_t idle_closed;    /* overflow closed after idle_timeout_ms */
 } pgtx_pool_stats;
 
 /* A consistent snapshot of the pool's statistics.  Thread-safe. */
@@ -304,8 +344,10 @@ enum {
     PGTX_RETRY_STALE = 1 << 2,
     PGTX_RETRY_CONNECTION = 1 << 3, /* lost before COMMIT was sent */
     PGTX_RETRY_LOCK_NOT_AVAILABLE = 1 << 4,
+    PGTX_RETRY_PREPARED = 1 << 5, /* PREPARED_STALE: prepare it again */
     PGTX_RETRY_DEFAULT = PGTX_RETRY_SERIALIZATION | PGTX_RETRY_DEADLOCK |
-                         PGTX_RETRY_STALE | PGTX_RETRY_CONNECTION
+                         PGTX_RETRY_STALE | PGTX_RETRY_CONNECTION |
+                         PGTX_RETRY_PREPARED
 };
 
 /*
@@ -391,8 +433,11 @@ PGTX_API pgtx_status pgtx_run(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
                               pgtx_run_info *info, pgtx_error *err);
 
 /*
- * Run one statement in the transaction.  The first statement of a
- * transaction travels in one round trip with its BEGIN (libpq pipeline mode).
+ * Run one statement in the transaction and wait for it.  The first
+ * statement of a transaction travels in one round trip with its BEGIN
+ * (libpq pipeline mode), and so do statements queued before it with
+ * pgtx_queue().  Statements are prepared once per connection and reused
+ * (pgtx_pool_config.statement_cache_size).
  * `params` are text values (NULL = SQL NULL).  On success *out (if `out` is
  * not NULL) is a result the caller must PQclear(); with `out` NULL the
  * result is cleared here.  Errors are classified (SERIALIZATION,
@@ -402,6 +447,50 @@ PGTX_API pgtx_status pgtx_run(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
 PGTX_API pgtx_status pgtx_query(pgtx_tx *tx, const char *sql, int nparams,
                                 const char *const *params, PGresult **out,
                                 pgtx_error *err);
+
+/*
+ * Queue a statement of the transaction without waiting for it: it goes out
+ * with the next round trip, which is
+ *  - pgtx_flush(), or the next pgtx_query() (which also waits for its own
+ *    statement): *out is then set like pgtx_query()'s, in queued order;
+ *  - else the COMMIT: when the callback returns PGTX_OK with statements
+ *    still queued, BEGIN (if nothing ran yet), the queued statements and
+ *    COMMIT leave in one write and come back in one wait, and *out receives
+ *    its result only if the transaction committed (else it stays NULL).
+ * So a transaction whose statements need no decision by the client in
+ * between costs one round trip:
+ *
+ *   static pgtx_status order(pgtx_tx *tx, void *p, pgtx_error *err) {
+ *       struct order *o = p;            // o->row: PGresult *, reset here
+ *       pgtx_queue(tx, "UPDATE stock SET n = n - 1 WHERE id = $1", 1, o->item, NULL, err);
+ *       pgtx_queue(tx, "INSERT INTO sale (item) VALUES ($1) RETURNING id", 1, o->item,
+ *                  &o->row, err);
+ *       return PGTX_OK;                 // the runner sends both with COMMIT
+ *   }
+ *
+ * `sql` and `params` are copied into libpq's buffer at once (they may be
+ * freed on return); `out` (may be NULL) must stay valid until the round is
+ * read: a field of the callback's `arg`, not its stack, when the COMMIT
+ * reads it.  *out is set to NULL now; the caller PQclear()s what arrives.
+ * Because the COMMIT is already on its way, no decision can follow a
+ * queued statement's result in that round: a rule that must stop the
+ * transaction has to fail inside the server (a constraint, an error), which
+ * makes the server skip the rest and the runner roll back and report it.
+ * Errors: INVALID (more than 64 statements queued in one round), or the
+ * transaction's first failure.  The runner's rules are unchanged: rollback
+ * on any failure, retries, COMMIT_UNKNOWN when the connection is lost with
+ * the COMMIT in flight, socket_timeout_ms for the wait.
+ */
+PGTX_API pgtx_status pgtx_queue(pgtx_tx *tx, const char *sql, int nparams,
+                                const char *const *params, PGresult **out,
+                                pgtx_error *err);
+
+/*
+ * Send what pgtx_queue() queued and wait for all of it (one round trip; OK
+ * at once when nothing is queued).  Returns OK, or the first failure among
+ * them, after which the transaction is aborted as with pgtx_query().
+ */
+PGTX_API pgtx_status pgtx_flush(pgtx_tx *tx, pgtx_error *err);
 
 /*
  * The transaction's connection for direct libpq use, after BEGIN has been

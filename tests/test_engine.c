@@ -234,13 +234,17 @@ static void wire_shows_begin_with_options_and_no_set(void **state)
     assert_int_equal(count_of(t, "\"BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE, "
                                  "NOT DEFERRABLE\""), 2);
     assert_int_equal(count_of(t, "set_config('statement_timeout', '1000', true)"), 2);
-    assert_int_equal(count_of(t, "Query\t \"COMMIT\""), 1);
+    assert_int_equal(count_of(t, "Parse\t \"\" \"COMMIT\""), 1);
     assert_int_equal(count_of(t, "Query\t \"ROLLBACK\""), 1);
     /* Nothing set on the session itself. */
     assert_int_equal(count_of(t, "\"SET "), 0);
     assert_int_equal(count_of(t, "false)"), 0);
-    /* BEGIN, set_config and the statement share one Sync: one round trip. */
-    assert_int_equal(count_of(t, "\tSync"), 2);
+    /* BEGIN, set_config and the statement share one Sync (one round trip),
+       COMMIT has its own; the failed transaction's ROLLBACK is a Query. */
+    assert_int_equal(count_of(t, "\tSync"), 3);
+    /* Statements are prepared by name, once each, and executed by it. */
+    assert_int_equal(count_of(t, "Parse\t \"pgtx_1\" \"SELECT 1\""), 1);
+    assert_int_equal(count_of(t, "Bind\t \"\" \"pgtx_1\""), 1);
     free(t);
     pgtx_engine_destroy(ser);
     pgtx_pool_destroy(pool);

@@ -226,10 +226,25 @@ static void connection_killed_while_borrowed_is_discarded(void **state)
     PQfinish(admin);
 }
 
+/* A pool of 1 + 1 overflow whose overflow waits `idle_ms` before closing. */
+static pgtx_pool *overflow_pool(int idle_ms)
+{
+    pgtx_pool_config cfg;
+    pgtx_pool_config_init(&cfg);
+    cfg.conninfo = h_dsn();
+    cfg.application_name = "pool-overflow";
+    cfg.pool_size = 1;
+    cfg.max_overflow = 1;
+    cfg.idle_timeout_ms = idle_ms;
+    pgtx_pool *pool = NULL;
+    assert_int_equal(pgtx_pool_create(&cfg, &pool, NULL), PGTX_OK);
+    return pool;
+}
+
 static void overflow_opens_under_load_and_closes_on_return(void **state)
 {
     (void)state;
-    pgtx_pool *pool = h_pool(1, 1, "pool-overflow");
+    pgtx_pool *pool = overflow_pool(0);
     pgtx_conn *a = checkout_ok(pool), *b = checkout_ok(pool), *c = NULL;
     pgtx_pool_stats s;
     pgtx_pool_stats_get(pool, &s);
@@ -244,6 +259,41 @@ static void overflow_opens_under_load_and_closes_on_return(void **state)
     pgtx_pool_return(a);
     pgtx_pool_stats_get(pool, &s);
     assert_int_equal(s.idle, 1);
+    pgtx_pool_destroy(pool);
+}
+
+static int idle_closed(void *arg)
+{
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(arg, &s);
+    return s.idle_closed == 1 && s.open == 1;
+}
+
+/* Returned overflow stays open for idle_timeout_ms, so that the next burst
+   reuses it instead of connecting again, and is closed after. */
+static void overflow_stays_idle_then_closes(void **state)
+{
+    (void)state;
+    pgtx_pool *pool = overflow_pool(300);
+    pgtx_conn *a = checkout_ok(pool), *b = checkout_ok(pool);
+    pgtx_pool_return(b);
+    pgtx_pool_return(a);
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(pool, &s);
+    assert_int_equal(s.open, 2);
+    assert_int_equal(s.idle, 2);
+    /* reused: no connection opened for the second burst */
+    a = checkout_ok(pool);
+    b = checkout_ok(pool);
+    pgtx_pool_return(a);
+    pgtx_pool_return(b);
+    pgtx_pool_stats_get(pool, &s);
+    assert_int_equal(s.created, 2);
+    assert_int_equal(s.idle_closed, 0);
+    assert_true(h_wait_until(idle_closed, pool, 5000));
+    pgtx_pool_stats_get(pool, &s);
+    assert_int_equal(s.idle, 1);
+    assert_int_equal(s.overflow, 0);
     pgtx_pool_destroy(pool);
 }
 
@@ -441,6 +491,7 @@ int main(void)
         cmocka_unit_test(return_rolls_back_an_open_transaction),
         cmocka_unit_test(connection_killed_while_borrowed_is_discarded),
         cmocka_unit_test(overflow_opens_under_load_and_closes_on_return),
+        cmocka_unit_test(overflow_stays_idle_then_closes),
         cmocka_unit_test(close_fails_new_checkouts_and_waits_for_borrowed),
         cmocka_unit_test(close_with_timeout_reports_borrowed),
         cmocka_unit_test(close_wakes_waiters),

@@ -701,6 +701,329 @@ static void result_int64_never_guesses(void **state)
     PQclear(r);
 }
 
+/* ---- queued statements: one round trip ------------------------------------ */
+
+typedef struct queued_arg {
+    int base;         /* ids base .. base+1 */
+    bool duplicate;   /* queue the second insert with the first id */
+    bool flush;       /* read the results before returning */
+    PGresult *ins, *upd, *sum; /* out */
+    long long seen_mid; /* flush: the sum read inside the callback */
+} queued_arg;
+
+/* Four statements and no decision in between: the runner sends BEGIN,
+   them and COMMIT in one write. */
+static pgtx_status queued_write(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    queued_arg *a = p;
+    char ins[128], upd[128], sum[128], id1[16], id2[16];
+    snprintf(ins, sizeof ins, "INSERT INTO %s VALUES ($1::int, 1) RETURNING id", tbl);
+    snprintf(upd, sizeof upd, "UPDATE %s SET v = v + 1 WHERE id = $1::int", tbl);
+    snprintf(sum, sizeof sum, "SELECT sum(v) FROM %s", tbl);
+    snprintf(id1, sizeof id1, "%d", a->base);
+    snprintf(id2, sizeof id2, "%d", a->duplicate ? a->base : a->base + 1);
+    const char *p1[] = {id1}, *p2[] = {id2};
+    pgtx_status st = pgtx_queue(tx, ins, 1, p1, &a->ins, err);
+    st = st ? st : pgtx_queue(tx, ins, 1, p2, NULL, err);
+    st = st ? st : pgtx_queue(tx, upd, 1, p1, &a->upd, err);
+    st = st ? st : pgtx_queue(tx, sum, 0, NULL, &a->sum, err);
+    if (st == PGTX_OK && a->flush) {
+        st = pgtx_flush(tx, err);
+        if (st == PGTX_OK)
+            a->seen_mid = atoll(PQgetvalue(a->sum, 0, 0));
+    }
+    return st;
+}
+
+static void queued_arg_clear(queued_arg *a)
+{
+    PQclear(a->ins);
+    PQclear(a->upd);
+    PQclear(a->sum);
+    a->ins = a->upd = a->sum = NULL;
+}
+
+static void queued_statements_and_commit_are_one_round_trip(void **state)
+{
+    (void)state;
+    queued_arg a = {.base = 300};
+    pgtx_pool_stats s0, s1;
+    pgtx_pool_stats_get(pool, &s0);
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = pgtx_run(rc, queued_write, &a, &info, &err);
+    if (st != PGTX_OK)
+        fail_msg("%s: %s", pgtx_status_name(st), err.message);
+    pgtx_pool_stats_get(pool, &s1);
+    assert_int_equal(s1.round_trips - s0.round_trips, 1);
+    assert_int_equal(s1.commits - s0.commits, 1);
+    assert_int_equal(rows(), 2);
+    /* each result reached its slot once COMMIT said yes */
+    assert_non_null(a.ins);
+    assert_string_equal(PQgetvalue(a.ins, 0, 0), "300");
+    assert_int_equal(pgtx_result_affected(a.upd), 1);
+    assert_string_equal(PQgetvalue(a.sum, 0, 0), "3");
+    queued_arg_clear(&a);
+}
+
+static void a_failing_queued_statement_rolls_back_all_of_them(void **state)
+{
+    (void)state;
+    queued_arg a = {.base = 310, .duplicate = true, .ins = (PGresult *)&a};
+    pgtx_pool_stats s0, s1;
+    pgtx_pool_stats_get(pool, &s0);
+    pgtx_error err;
+    pgtx_status st = pgtx_run(rc, queued_write, &a, NULL, &err);
+    pgtx_pool_stats_get(pool, &s1);
+    assert_int_equal(st, PGTX_UNIQUE_VIOLATION);
+    assert_string_equal(err.sqlstate, "23505");
+    assert_string_equal(err.constraint_name + strlen(err.constraint_name) - 5, "_pkey");
+    assert_string_equal(err.table, tbl);
+    assert_int_equal(rows(), 0); /* the first insert went too */
+    /* no result of a rolled-back round reaches its slot */
+    assert_null(a.ins);
+    assert_null(a.upd);
+    assert_null(a.sum);
+    /* the round, then the ROLLBACK the aborted transaction needs */
+    assert_int_equal(s1.round_trips - s0.round_trips, 2);
+    assert_int_equal(s1.rollbacks - s0.rollbacks, 1);
+}
+
+static void flush_reads_queued_results_inside_the_transaction(void **state)
+{
+    (void)state;
+    queued_arg a = {.base = 320, .flush = true};
+    pgtx_pool_stats s0, s1;
+    pgtx_pool_stats_get(pool, &s0);
+    assert_int_equal(pgtx_run(rc, queued_write, &a, NULL, NULL), PGTX_OK);
+    pgtx_pool_stats_get(pool, &s1);
+    assert_int_equal(a.seen_mid, 3);
+    assert_int_equal(rows(), 2);
+    /* the flush, then COMMIT alone */
+    assert_int_equal(s1.round_trips - s0.round_trips, 2);
+    queued_arg_clear(&a);
+}
+
+static pgtx_status queue_then_abort(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    queued_arg *a = p;
+    pgtx_status st = queued_write(tx, a, err);
+    return st ? st : pgtx_fail(err, PGTX_ABORTED, "changed my mind");
+}
+
+static void queued_statements_of_an_aborted_callback_are_rolled_back(void **state)
+{
+    (void)state;
+    queued_arg a = {.base = 330};
+    pgtx_error err;
+    assert_int_equal(pgtx_run(rc, queue_then_abort, &a, NULL, &err), PGTX_ABORTED);
+    assert_string_equal(err.message, "changed my mind");
+    assert_int_equal(rows(), 0);
+    assert_null(a.ins);
+}
+
+static pgtx_status queue_insert_slow_commit(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    (void)p;
+    char sql[128];
+    snprintf(sql, sizeof sql, "INSERT INTO %s_slow VALUES (1)", tbl);
+    return pgtx_queue(tx, sql, 0, NULL, NULL, err);
+}
+
+/* BEGIN, the insert and COMMIT in one round, and the connection lost while
+   COMMIT runs: unknown, never retried. */
+static void queued_commit_lost_is_unknown_not_retried(void **state)
+{
+    (void)state;
+    slow_commit_table_create(5);
+    pgtx_pool *p = h_pool(1, 0, "runner-commit");
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    commit_killer k = {0, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, kill_during_commit, &k), 0);
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = pgtx_run(e, queue_insert_slow_commit, NULL, &info, &err);
+    pthread_join(t, NULL);
+    assert_true(k.killed);
+    assert_int_equal(st, PGTX_COMMIT_UNKNOWN);
+    assert_int_equal(info.attempts, 1);
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(p, &s);
+    assert_int_equal(s.commit_unknown, 1);
+    assert_int_equal(s.open, 0);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+    slow_commit_table_drop();
+}
+
+/* ---- the statement cache ----------------------------------------------------- */
+
+static pgtx_pool *cache_pool(int size)
+{
+    pgtx_pool_config cfg;
+    pgtx_pool_config_init(&cfg);
+    cfg.conninfo = h_dsn();
+    cfg.application_name = "runner-cache";
+    cfg.pool_size = 1;
+    cfg.max_overflow = 0;
+    cfg.statement_cache_size = size;
+    pgtx_pool *p = NULL;
+    assert_int_equal(pgtx_pool_create(&cfg, &p, NULL), PGTX_OK);
+    return p;
+}
+
+typedef struct sel_arg {
+    const char *sql;
+    PGresult *res;
+} sel_arg;
+
+static pgtx_status select_cached(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    sel_arg *a = p;
+    PQclear(a->res);
+    a->res = NULL;
+    char id[] = "1";
+    const char *params[] = {id};
+    return pgtx_query(tx, a->sql, strchr(a->sql, '$') ? 1 : 0, params, &a->res, err);
+}
+
+/* Statements prepared on the session, as the server lists them. */
+static pgtx_status count_prepared(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    sel_arg *a = p;
+    a->sql = "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgtx_%'";
+    return select_cached(tx, a, err);
+}
+
+static long long prepared_on_server(pgtx_engine *e)
+{
+    sel_arg a = {0};
+    assert_int_equal(pgtx_run(e, count_prepared, &a, NULL, NULL), PGTX_OK);
+    long long n = atoll(PQgetvalue(a.res, 0, 0));
+    PQclear(a.res);
+    return n;
+}
+
+static void run_select(pgtx_engine *e, const char *sql, pgtx_run_info *info)
+{
+    sel_arg a = {.sql = sql};
+    pgtx_error err;
+    pgtx_status st = pgtx_run(e, select_cached, &a, info, &err);
+    if (st != PGTX_OK)
+        fail_msg("%s: %s", pgtx_status_name(st), err.message);
+    PQclear(a.res);
+}
+
+static void statements_are_prepared_once_and_reused(void **state)
+{
+    (void)state;
+    pgtx_pool *p = cache_pool(16);
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    for (int i = 0; i < 5; i++)
+        run_select(e, "SELECT $1::int + 1", NULL);
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(p, &s);
+    assert_int_equal(s.stmt_prepares, 1);
+    assert_int_equal(s.stmt_hits, 4);
+    /* that one, and the counting query itself */
+    assert_int_equal(prepared_on_server(e), 2);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+}
+
+static void the_least_recently_used_statement_is_evicted_and_deallocated(void **state)
+{
+    (void)state;
+    pgtx_pool *p = cache_pool(2);
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    run_select(e, "SELECT 1", NULL);
+    run_select(e, "SELECT 2", NULL);
+    run_select(e, "SELECT 1", NULL); /* now SELECT 2 is the oldest */
+    run_select(e, "SELECT 3", NULL); /* evicts SELECT 2 */
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(p, &s);
+    assert_int_equal(s.stmt_evictions, 1);
+    assert_int_equal(s.stmt_prepares, 3);
+    run_select(e, "SELECT 1", NULL); /* still cached */
+    pgtx_pool_stats_get(p, &s);
+    assert_int_equal(s.stmt_prepares, 3);
+    /* The counting query evicts SELECT 3, whose DEALLOCATE leaves ahead of
+       the next transaction's BEGIN: then the server keeps exactly the
+       cache's two. */
+    assert_int_equal(prepared_on_server(e), 3);
+    assert_int_equal(prepared_on_server(e), 2);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+}
+
+/* What a pooler does between two clients. */
+static void discard_all_on_the_connection(pgtx_pool *p)
+{
+    pgtx_conn *c = NULL;
+    assert_int_equal(pgtx_pool_checkout(p, 1000, &c, NULL), PGTX_OK);
+    PQclear(PQexec(pgtx_conn_pg_borrow(c), "DISCARD ALL"));
+    pgtx_pool_return(c);
+}
+
+static void a_statement_gone_from_the_server_is_prepared_again(void **state)
+{
+    (void)state;
+    pgtx_pool *p = cache_pool(16);
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    run_select(e, "SELECT $1::int + 1", NULL);
+    discard_all_on_the_connection(p);
+    pgtx_run_info info;
+    run_select(e, "SELECT $1::int + 1", &info); /* 26000, then prepared again */
+    assert_int_equal(info.attempts, 2);
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(p, &s);
+    assert_int_equal(s.retries_prepared, 1);
+    assert_int_equal(s.stmt_prepares, 2);
+    run_select(e, "SELECT $1::int + 1", &info);
+    assert_int_equal(info.attempts, 1);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+}
+
+static void a_changed_result_type_is_prepared_again(void **state)
+{
+    (void)state;
+    pgtx_pool *p = cache_pool(16);
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT * FROM %s WHERE id = $1::int", tbl);
+    run_select(e, sql, NULL);
+    h_execf(admin, "ALTER TABLE %s ADD COLUMN w int", tbl);
+    sel_arg a = {.sql = sql};
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = pgtx_run(e, select_cached, &a, &info, &err); /* 0A000, then again */
+    h_execf(admin, "ALTER TABLE %s DROP COLUMN w", tbl);
+    if (st != PGTX_OK)
+        fail_msg("%s: %s", pgtx_status_name(st), err.message);
+    assert_int_equal(info.attempts, 2);
+    assert_int_equal(PQnfields(a.res), 3);
+    PQclear(a.res);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+}
+
+static void a_cache_of_zero_prepares_nothing(void **state)
+{
+    (void)state;
+    pgtx_pool *p = cache_pool(0);
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    for (int i = 0; i < 3; i++)
+        run_select(e, "SELECT $1::int + 1", NULL);
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(p, &s);
+    assert_int_equal(s.stmt_prepares + s.stmt_hits, 0);
+    assert_int_equal(prepared_on_server(e), 0);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -725,6 +1048,18 @@ int main(void)
         cmocka_unit_test_setup(affected_rows_are_reported, reset_table),
         cmocka_unit_test_setup(optimistic_check_retries_stale_writes, reset_table),
         cmocka_unit_test_setup(result_int64_never_guesses, reset_table),
+        cmocka_unit_test_setup(queued_statements_and_commit_are_one_round_trip, reset_table),
+        cmocka_unit_test_setup(a_failing_queued_statement_rolls_back_all_of_them, reset_table),
+        cmocka_unit_test_setup(flush_reads_queued_results_inside_the_transaction, reset_table),
+        cmocka_unit_test_setup(queued_statements_of_an_aborted_callback_are_rolled_back,
+                               reset_table),
+        cmocka_unit_test_setup(queued_commit_lost_is_unknown_not_retried, reset_table),
+        cmocka_unit_test_setup(statements_are_prepared_once_and_reused, reset_table),
+        cmocka_unit_test_setup(the_least_recently_used_statement_is_evicted_and_deallocated,
+                               reset_table),
+        cmocka_unit_test_setup(a_statement_gone_from_the_server_is_prepared_again, reset_table),
+        cmocka_unit_test_setup(a_changed_result_type_is_prepared_again, reset_table),
+        cmocka_unit_test_setup(a_cache_of_zero_prepares_nothing, reset_table),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -55,7 +55,8 @@ const char *pgtx_class_name(pgtx_class cls)
 bool pgtx_status_is_retryable(pgtx_status st)
 {
     return st == PGTX_SERIALIZATION || st == PGTX_DEADLOCK ||
-           st == PGTX_STALE || st == PGTX_CONNECTION_LOST;
+           st == PGTX_STALE || st == PGTX_CONNECTION_LOST ||
+           st == PGTX_PREPARED_STALE;
 }
 
 /* SQLSTATEs that mean "this session is gone" even though the server managed
@@ -90,13 +91,28 @@ pgtx_status pgtx_status_from_sqlstate(const char *s)
     return PGTX_SQL;
 }
 
+/* The server's fields, blank: what every error not from a result has. */
+static void clear_fields(pgtx_error *err)
+{
+    err->sqlstate[0] = '\0';
+    err->constraint_name[0] = err->table[0] = err->column[0] = '\0';
+}
+
 void pgtx__error_clear(pgtx_error *err)
 {
     if (err == NULL)
         return;
     err->status = PGTX_OK;
-    err->sqlstate[0] = '\0';
+    clear_fields(err);
     err->message[0] = '\0';
+}
+
+/* A server identifier into its field ("" when absent), truncated to fit. */
+static void copy_name(char dst[PGTX_ERROR_NAME_SIZE], const PGresult *res,
+                      int field)
+{
+    const char *v = res ? PQresultErrorField(res, field) : NULL;
+    snprintf(dst, PGTX_ERROR_NAME_SIZE, "%s", v ? v : "");
 }
 
 /* Copy `msg` without its trailing newline(s), truncating to fit. */
@@ -125,7 +141,7 @@ pgtx_status pgtx_fail(pgtx_error *err, pgtx_status st, const char *fmt, ...)
     if (err == NULL)
         return st;
     err->status = st;
-    err->sqlstate[0] = '\0';
+    clear_fields(err);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof err->message, fmt, ap);
@@ -138,7 +154,7 @@ pgtx_status pgtx__error_from_conn(pgtx_error *err, PGconn *pg, pgtx_status st)
     if (err == NULL)
         return st;
     err->status = st;
-    err->sqlstate[0] = '\0';
+    clear_fields(err);
     const char *msg = pg ? PQerrorMessage(pg) : NULL;
     copy_message(err, (msg && *msg) ? msg : pgtx_status_text(st));
     return st;
@@ -181,6 +197,9 @@ pgtx_status pgtx__error_from_result(pgtx_error *err, PGconn *pg,
         return st;
     err->status = st;
     set_sqlstate(err, state);
+    copy_name(err->constraint_name, res, PG_DIAG_CONSTRAINT_NAME);
+    copy_name(err->table, res, PG_DIAG_TABLE_NAME);
+    copy_name(err->column, res, PG_DIAG_COLUMN_NAME);
     const char *primary =
         res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     if (primary == NULL)

@@ -30,6 +30,60 @@ bool pgtx__echo_on(const pgtx_pool *pool);
 void pgtx__echo(pgtx_pool *pool, const pgtx_conn *conn, const char *sql,
                 int64_t us);
 
+/* ---- connections ---- */
+/*
+ * A pooled connection is in exactly one state, and the state is the list it
+ * is on (see conn_move in pool.c).  Connections being opened have no object
+ * yet and are counted by pool->connecting; connections being closed have
+ * left every list.
+ */
+typedef enum conn_state { CONN_IDLE = 0, CONN_USED, CONN_STATE_COUNT } conn_state;
+
+typedef struct pgtx__stmt_cache pgtx__stmt_cache;
+
+struct pgtx_conn {
+    PGconn *pg;
+    pgtx_pool *pool;
+    conn_state state;
+    pgtx_conn *prev, *next; /* links in pool->lists[state] */
+    uint64_t id;            /* for log lines */
+    int64_t created_us;
+    int64_t expires_us;   /* recycle after this (INT64_MAX: never) */
+    int64_t last_used_us; /* when it was last returned */
+    atomic_bool doomed;   /* the server sent FATAL: do not reuse */
+    bool timed_out;       /* socket_timeout_ms ran out: its socket is shut */
+    pgtx__stmt_cache *cache; /* owned; NULL when the cache is off */
+};
+
+/* ---- the wire (wire.c): statements on one connection ---- */
+/* A new cache of `capacity` statements, or NULL (off, or out of memory:
+   then statements simply go unprepared). */
+pgtx__stmt_cache *pgtx__stmt_cache_create(int capacity);
+void pgtx__stmt_cache_destroy(pgtx__stmt_cache *cache);
+
+/* How one statement went out in a pipeline, to read its results back. */
+typedef struct pgtx__sent {
+    unsigned prepared; /* != 0: a Parse of this name precedes its execution */
+    unsigned name;     /* != 0: executed as this prepared statement */
+    bool cached;       /* prepared in an earlier round (a cache hit) */
+} pgtx__sent;
+
+/* Queue one statement on a connection in pipeline mode: prepared by name
+   (and its Parse sent first) on a cache miss, by name on a hit, unnamed
+   when the cache is off.  False when libpq could not queue it. */
+bool pgtx__wire_send(pgtx_conn *conn, const char *sql, int nparams,
+                     const char *const *params, pgtx__sent *how);
+/* Read what pgtx__wire_send queued: its Parse's result (keeping the cache
+   true to the server) and its own.  Returns the result to check (caller
+   PQclears; NULL when the connection broke), and sets *stale when a cached
+   statement was gone or had changed (the cache has been corrected). */
+PGresult *pgtx__wire_take(pgtx_conn *conn, const pgtx__sent *how, bool *stale);
+/* Queue the DEALLOCATEs of evicted statements, each with its own Sync so
+   that one that fails (already gone) stops nothing; returns how many. */
+int pgtx__wire_send_deallocs(pgtx_conn *conn);
+/* Read the results of `n` of them. */
+void pgtx__wire_take_deallocs(pgtx_conn *conn, int n);
+
 /* ---- pool internals used by the runner ---- */
 /* Counters the runner bumps; atomics so that no lock is taken for them. */
 typedef struct pgtx__tx_counters {
@@ -42,6 +96,11 @@ typedef struct pgtx__tx_counters {
     atomic_uint_fast64_t retries_connection;
     atomic_uint_fast64_t commit_unknown;
     atomic_uint_fast64_t socket_timeouts;
+    atomic_uint_fast64_t stmt_hits;
+    atomic_uint_fast64_t stmt_prepares;
+    atomic_uint_fast64_t stmt_evictions;
+    atomic_uint_fast64_t retries_prepared;
+    atomic_uint_fast64_t retries_lock_not_available;
 } pgtx__tx_counters;
 
 pgtx__tx_counters *pgtx__pool_counters(pgtx_pool *pool);
@@ -59,6 +118,7 @@ PGresult *pgtx__exec(pgtx_conn *conn, const char *sql, int nparams,
                      const char *const *params);
 bool pgtx__conn_timed_out(const pgtx_conn *conn);
 int pgtx__socket_timeout_ms(const pgtx_pool *pool);
+int pgtx__statement_cache_size(const pgtx_pool *pool);
 /* One round trip made on `conn`'s pool (for the statistics). */
 void pgtx__count_round_trip(pgtx_pool *pool);
 

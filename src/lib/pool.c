@@ -8,28 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
-
-/*
- * A pooled connection is in exactly one state, and the state is the list it
- * is on (see conn_move).  Connections being opened have no object yet and are
- * counted by pool->connecting; connections being closed have left every list.
- */
-typedef enum conn_state { CONN_IDLE = 0, CONN_USED, CONN_STATE_COUNT } conn_state;
-
-struct pgtx_conn {
-    PGconn *pg;
-    pgtx_pool *pool;
-    conn_state state;
-    pgtx_conn *prev, *next; /* links in pool->lists[state] */
-    uint64_t id;            /* for log lines */
-    int64_t created_us;
-    int64_t expires_us;   /* recycle after this (INT64_MAX: never) */
-    int64_t last_used_us; /* when it was last returned */
-    atomic_bool doomed;   /* the server sent FATAL: do not reuse */
-    bool timed_out;       /* socket_timeout_ms ran out: its socket is shut */
-};
 
 typedef struct conn_list {
     pgtx_conn *head; /* idle: most recently returned first (LIFO reuse) */
@@ -68,7 +47,7 @@ struct pgtx_pool {
 
     /* statistics guarded by mu */
     uint64_t checkouts, waits, wait_us, timeouts, created, connect_errors,
-        discarded;
+        discarded, idle_closed;
     /* statistics the runner bumps without the lock */
     pgtx__tx_counters tx;
 };
@@ -86,6 +65,8 @@ void pgtx_pool_config_init(pgtx_pool_config *cfg)
     cfg->check_idle_ms = 30000;
     cfg->max_lifetime_ms = 3600000;
     cfg->connect_retry_ms = 200;
+    cfg->statement_cache_size = 256;
+    cfg->idle_timeout_ms = 60000;
 }
 
 static const char *config_problem(const pgtx_pool_config *cfg)
@@ -106,6 +87,10 @@ static const char *config_problem(const pgtx_pool_config *cfg)
         return "connect_retry_ms must not be negative";
     if (cfg->socket_timeout_ms < 0)
         return "socket_timeout_ms must not be negative";
+    if (cfg->statement_cache_size < 0)
+        return "statement_cache_size must not be negative";
+    if (cfg->idle_timeout_ms < 0)
+        return "idle_timeout_ms must not be negative";
     return NULL;
 }
 
@@ -255,6 +240,7 @@ static void conn_close(pgtx_conn *c)
     if (c == NULL)
         return;
     PQfinish(c->pg);
+    pgtx__stmt_cache_destroy(c->cache);
     free(c);
 }
 
@@ -432,99 +418,20 @@ static pgtx_conn *conn_wrap(pgtx_pool *pool, PGconn *pg, uint64_t id)
     c->created_us = c->last_used_us = pgtx__now_us();
     c->expires_us = expiry_for(pool, c->created_us);
     atomic_init(&c->doomed, false);
+    /* Without a cache (or the memory for one) statements go unprepared. */
+    c->cache = pgtx__stmt_cache_create(pool->cfg.statement_cache_size);
     PQsetNoticeReceiver(pg, notice_receiver, c);
     return c;
 }
 
 /* ---- checkout ---------------------------------------------------------- */
 
-/* Read whatever arrived while the connection sat idle (a FATAL notice,
-   then EOF, when the backend was terminated) without waiting: true when it
-   still looks usable.  No round trip. */
-bool pgtx__conn_healthy(pgtx_conn *c)
-{
-    PGconn *pg = c->pg;
-    for (int i = 0; i < 4 && PQstatus(pg) == CONNECTION_OK; i++) {
-        struct pollfd pfd = {PQsocket(pg), POLLIN, 0};
-        if (poll(&pfd, 1, 0) <= 0)
-            break;
-        if (!PQconsumeInput(pg))
-            break;
-        (void)PQisBusy(pg); /* parses it: notices reach notice_receiver */
-    }
-    return PQstatus(pg) == CONNECTION_OK && !atomic_load(&c->doomed);
-}
-
-/* ---- bounded waits for the server ------------------------------------ */
-
-/* Wait until libpq can hand out a result without blocking, or the socket
-   timeout passes: then shut the socket, so that libpq's next read sees the
-   end of it.  (shutdown, not close: libpq still owns the descriptor.) */
-static void await_result(pgtx_conn *c)
-{
-    PGconn *pg = c->pg;
-    int limit = c->pool->cfg.socket_timeout_ms;
-    if (limit <= 0 || c->timed_out || PQflush(pg) != 0)
-        return; /* no limit, already shut, or broken: libpq tells the rest */
-    int64_t deadline = pgtx__now_us() + (int64_t)limit * 1000;
-    while (PQisBusy(pg)) {
-        int64_t left_ms = (deadline - pgtx__now_us() + 999) / 1000;
-        if (left_ms <= 0) {
-            c->timed_out = true;
-            (void)shutdown(PQsocket(pg), SHUT_RDWR);
-            atomic_fetch_add(&c->pool->tx.socket_timeouts, 1);
-            pgtx__log(c->pool, PGTX_LOG_WARNING, "pgtx conn %llu: no answer "
-                      "within socket_timeout_ms (%d ms): closing it",
-                      (unsigned long long)c->id, limit);
-            return;
-        }
-        struct pollfd pfd = {PQsocket(pg), POLLIN, 0};
-        int n = poll(&pfd, 1, (int)left_ms);
-        if ((n < 0 && errno != EINTR) || (n > 0 && !PQconsumeInput(pg)))
-            return;
-    }
-}
-
-PGresult *pgtx__get_result(pgtx_conn *c)
-{
-    await_result(c);
-    return PQgetResult(c->pg);
-}
-
-/* Keep the last result, but an error wins over what follows it (as in
-   PQexec). */
-static PGresult *keep_result(PGresult *kept, PGresult *r)
-{
-    if (kept && PQresultStatus(kept) == PGRES_FATAL_ERROR) {
-        PQclear(r);
-        return kept;
-    }
-    PQclear(kept);
-    return r;
-}
-
-PGresult *pgtx__exec(pgtx_conn *c, const char *sql, int nparams,
-                     const char *const *params)
-{
-    int sent = nparams < 0
-                   ? PQsendQuery(c->pg, sql)
-                   : PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0);
-    if (!sent)
-        return NULL;
-    PGresult *kept = NULL, *r;
-    while ((r = pgtx__get_result(c)) != NULL) {
-        ExecStatusType s = PQresultStatus(r);
-        kept = keep_result(kept, r);
-        if (s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH ||
-            PQstatus(c->pg) == CONNECTION_BAD)
-            break;
-    }
-    return kept;
-}
-
-bool pgtx__conn_timed_out(const pgtx_conn *c) { return c->timed_out; }
-
 int pgtx__socket_timeout_ms(const pgtx_pool *pool) { return pool->cfg.socket_timeout_ms; }
+
+int pgtx__statement_cache_size(const pgtx_pool *pool)
+{
+    return pool->cfg.statement_cache_size;
+}
 
 /* Is a connection handed out now going to work?  Cheap unless it has been
    idle longer than check_idle_ms; then one round trip. */
@@ -823,6 +730,42 @@ static bool conn_reset(pgtx_conn *c)
     }
 }
 
+/* Idle connections beyond pool_size unused for idle_timeout_ms, unlinked
+   into a chain for the caller to close unlocked (least recently used are at
+   the idle list's tail).  Caller holds mu. */
+static pgtx_conn *prune_idle_locked(pgtx_pool *pool, int64_t now)
+{
+    int64_t limit = (int64_t)pool->cfg.idle_timeout_ms * 1000;
+    pgtx_conn *chain = NULL;
+    if (limit <= 0 || pool->lists[CONN_IDLE].head == NULL)
+        return NULL;
+    pgtx_conn *c = pool->lists[CONN_IDLE].head;
+    while (c->next)
+        c = c->next;
+    while (c && pool_open_count(pool) > pool->cfg.pool_size &&
+           now - c->last_used_us >= limit) {
+        pgtx_conn *older_than_next = c->prev;
+        list_remove(&pool->lists[CONN_IDLE], c);
+        pool->discarded++;
+        pool->idle_closed++;
+        c->next = chain;
+        chain = c;
+        c = older_than_next;
+    }
+    return chain;
+}
+
+static void close_chain(pgtx_conn *c);
+
+/* Close what prune_idle_locked unlinked (mu not held). */
+static void close_pruned(pgtx_pool *pool, pgtx_conn *chain)
+{
+    for (pgtx_conn *c = chain; c; c = c->next)
+        pgtx__log(pool, PGTX_LOG_DEBUG, "pgtx conn %llu: closed after "
+                  "idle_timeout_ms unused (overflow)", (unsigned long long)c->id);
+    close_chain(chain);
+}
+
 void pgtx_pool_return(pgtx_conn *c)
 {
     if (c == NULL)
@@ -831,7 +774,11 @@ void pgtx_pool_return(pgtx_conn *c)
     bool reusable = conn_reset(c);
     int64_t now = pgtx__now_us();
     pthread_mutex_lock(&pool->mu);
-    bool overflow = pool_open_count(pool) > pool->cfg.pool_size && pool->n_waiting == 0;
+    /* Overflow is closed at once only when asked (idle_timeout_ms 0); else
+       it waits idle, and prune_idle_locked closes it once unused long
+       enough: closing and reopening one per transaction is pure churn. */
+    bool overflow = pool->cfg.idle_timeout_ms == 0 &&
+                    pool_open_count(pool) > pool->cfg.pool_size && pool->n_waiting == 0;
     bool keep = reusable && !pool->closed && now < c->expires_us && !overflow;
     if (keep) {
         last_returned.pool = pool;
@@ -842,8 +789,10 @@ void pgtx_pool_return(pgtx_conn *c)
     } else {
         conn_forget_locked(c);
     }
+    pgtx_conn *pruned = prune_idle_locked(pool, now);
     wake_head(pool);
     pthread_mutex_unlock(&pool->mu);
+    close_pruned(pool, pruned);
     if (!keep) {
         /* overflow closes are routine under load; the others are news */
         pgtx__log(pool, reusable && overflow ? PGTX_LOG_DEBUG : PGTX_LOG_INFO,
@@ -941,6 +890,7 @@ void pgtx_pool_stats_get(pgtx_pool *pool, pgtx_pool_stats *s)
 {
     memset(s, 0, sizeof *s);
     pthread_mutex_lock(&pool->mu);
+    pgtx_conn *pruned = pool->closed ? NULL : prune_idle_locked(pool, pgtx__now_us());
     s->open = pool_open_count(pool);
     s->idle = pool->lists[CONN_IDLE].count;
     s->in_use = pool->lists[CONN_USED].count;
@@ -953,7 +903,9 @@ void pgtx_pool_stats_get(pgtx_pool *pool, pgtx_pool_stats *s)
     s->created = pool->created;
     s->connect_errors = pool->connect_errors;
     s->discarded = pool->discarded;
+    s->idle_closed = pool->idle_closed;
     pthread_mutex_unlock(&pool->mu);
+    close_pruned(pool, pruned);
     s->round_trips = load(&pool->tx.round_trips);
     s->commits = load(&pool->tx.commits);
     s->rollbacks = load(&pool->tx.rollbacks);
@@ -963,4 +915,9 @@ void pgtx_pool_stats_get(pgtx_pool *pool, pgtx_pool_stats *s)
     s->retries_connection = load(&pool->tx.retries_connection);
     s->commit_unknown = load(&pool->tx.commit_unknown);
     s->socket_timeouts = load(&pool->tx.socket_timeouts);
+    s->stmt_hits = load(&pool->tx.stmt_hits);
+    s->stmt_prepares = load(&pool->tx.stmt_prepares);
+    s->stmt_evictions = load(&pool->tx.stmt_evictions);
+    s->retries_prepared = load(&pool->tx.retries_prepared);
+    s->retries_lock_not_available = load(&pool->tx.retries_lock_not_available);
 }

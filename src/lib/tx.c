@@ -6,6 +6,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Statements in one round trip at most; a few more slots for BEGIN, the
+   engine's SET LOCALs and COMMIT. */
+#define TX_ROUND_MAX 64
+#define TX_ROUND_SLOTS (TX_ROUND_MAX + 3)
+
+typedef enum item_kind { ITEM_BEGIN, ITEM_SETUP, ITEM_STMT, ITEM_COMMIT,
+                         ITEM_ROLLBACK } item_kind;
+
+/* What one round sent, in order, so that its results can be read back. */
+typedef struct tx_item {
+    item_kind kind;
+    pgtx__sent how;
+    PGresult **out; /* STMT: where its result goes; NULL: cleared */
+    PGresult *held; /* STMT in a COMMIT round: kept until COMMIT says OK */
+} tx_item;
+
+/* How a round ends. */
+typedef enum round_end { END_NONE, END_COMMIT, END_ROLLBACK } round_end;
+
 struct pgtx_tx {
     pgtx_engine *engine;
     pgtx_pool *pool;
@@ -13,8 +32,19 @@ struct pgtx_tx {
     PGconn *pg;
     int attempt;
     bool begun;         /* BEGIN went out and succeeded */
+    bool committed;     /* COMMIT said COMMIT */
     pgtx_status failed; /* first error inside the transaction, or OK */
     pgtx_error failed_err;
+    /* The open round: queued in libpq (pipeline mode), not yet synced.
+       BEGIN is queued with the first statement and COMMIT with the last
+       one when nothing in between needs the client's decision. */
+    bool piping;
+    int n_items;
+    int n_deallocs; /* evicted statements' DEALLOCATEs ahead of BEGIN */
+    tx_item items[TX_ROUND_SLOTS];
+    int64_t round_t0;
+    char echo[1024]; /* the round's SQL, for pgtx_pool_config.echo */
+    size_t echo_len;
 };
 
 /* ---- statements ---------------------------------------------------------- */
@@ -50,144 +80,238 @@ static pgtx_status socket_timeout(pgtx_tx *tx, pgtx_status st, pgtx_error *e)
                      pgtx__socket_timeout_ms(tx->pool));
 }
 
-static pgtx_status tx_fail_result(pgtx_tx *tx, const PGresult *r, pgtx_error *err)
+/* The failure `r` describes (NULL: the connection's own error). */
+static pgtx_status describe(pgtx_tx *tx, const PGresult *r, pgtx_error *e)
 {
-    pgtx_error e;
-    pgtx_status st = socket_timeout(tx, pgtx__error_from_result(&e, tx->pg, r), &e);
-    return tx_fail(tx, st, &e, err);
+    return socket_timeout(tx, pgtx__error_from_result(e, tx->pg, r), e);
 }
 
-/* Read one pipelined query's result and its NULL terminator.  Keeps the
-   result in *keep when asked and it succeeded; returns OK or the failure. */
-static pgtx_status pipeline_take(pgtx_tx *tx, PGresult **keep, pgtx_error *err)
+static void echo_add(pgtx_tx *tx, const char *sql)
 {
-    PGresult *r = pgtx__get_result(tx->conn);
-    if (r == NULL)
-        return tx_fail_result(tx, NULL, err);
-    pgtx_status st = PGTX_OK;
-    if (!result_ok(r) && PQresultStatus(r) != PGRES_PIPELINE_ABORTED)
-        st = tx_fail_result(tx, r, err);
-    else if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED)
-        st = tx->failed != PGTX_OK ? tx->failed : PGTX_SQL;
-    if (st == PGTX_OK && keep) {
-        *keep = r;
+    if (!pgtx__echo_on(tx->pool) || tx->echo_len >= sizeof tx->echo - 1)
+        return;
+    int n = snprintf(tx->echo + tx->echo_len, sizeof tx->echo - tx->echo_len,
+                     "%s%s", tx->echo_len ? "; " : "", sql);
+    if (n > 0)
+        tx->echo_len += (size_t)n;
+    if (tx->echo_len >= sizeof tx->echo)
+        tx->echo_len = sizeof tx->echo - 1;
+}
+
+/* Queue a statement that is never cached (BEGIN, SET LOCALs, COMMIT). */
+static bool queue_plain(pgtx_tx *tx, item_kind kind, const char *sql)
+{
+    tx_item *it = &tx->items[tx->n_items++];
+    memset(it, 0, sizeof *it);
+    it->kind = kind;
+    echo_add(tx, sql);
+    return PQsendQueryParams(tx->pg, sql, 0, NULL, NULL, NULL, NULL, 0) == 1;
+}
+
+/* Start a round if none is open: pipeline mode, and BEGIN with the
+   engine's SET LOCALs ahead of the first statement of the transaction. */
+static bool round_open(pgtx_tx *tx)
+{
+    if (tx->piping)
+        return true;
+    if (!PQenterPipelineMode(tx->pg))
+        return false;
+    tx->piping = true;
+    tx->n_items = 0;
+    tx->echo_len = 0;
+    tx->round_t0 = pgtx__now_us();
+    if (tx->begun)
+        return true;
+    tx->n_deallocs = pgtx__wire_send_deallocs(tx->conn);
+    const char *setup = pgtx__engine_setup_sql(tx->engine);
+    bool ok = queue_plain(tx, ITEM_BEGIN, pgtx_engine_begin_sql_borrow(tx->engine));
+    return ok && (setup == NULL || queue_plain(tx, ITEM_SETUP, setup));
+}
+
+/* ---- reading a round back ------------------------------------------------- */
+
+typedef enum taken { TAKEN_OK, TAKEN_SKIPPED, TAKEN_ERROR, TAKEN_BROKE } taken;
+
+/* One item's result, booked: BEGIN and COMMIT change the transaction's
+   state, a statement's result is held, a failure is remembered (except in a
+   round that rolls back, whose failures are expected). */
+static taken take_item(pgtx_tx *tx, tx_item *it, round_end end, pgtx_error *e)
+{
+    bool stale = false;
+    taken t = TAKEN_OK;
+    PGresult *r = pgtx__wire_take(tx->conn, &it->how, &stale);
+    if (r == NULL || PQstatus(tx->pg) != CONNECTION_OK) {
+        describe(tx, r, e);
+        t = TAKEN_BROKE;
+    } else if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
+        t = TAKEN_SKIPPED; /* after an earlier failure, the one to report */
+    } else if (!result_ok(r)) {
+        pgtx_status st = describe(tx, r, e);
+        if (stale)
+            st = pgtx_fail(e, PGTX_PREPARED_STALE, "%s (prepared statement "
+                           "dropped from the cache; it is prepared again)", e->message);
+        /* A COMMIT that the server answers with "going away" may have run. */
+        t = it->kind == ITEM_COMMIT && pgtx_status_class(st) == PGTX_CLASS_CONNECTION
+                ? TAKEN_BROKE : TAKEN_ERROR;
+        if (end != END_ROLLBACK && t == TAKEN_ERROR)
+            tx_fail(tx, st, e, NULL);
+    } else if (it->kind == ITEM_BEGIN) {
+        tx->begun = true;
+    } else if (it->kind == ITEM_COMMIT) {
+        tx->committed = strcmp(PQcmdStatus(r), "COMMIT") == 0;
+    } else if (it->kind == ITEM_STMT) {
+        it->held = r; /* handed over by deliver(), once the round is read */
         r = NULL;
     }
     PQclear(r);
-    PGresult *end = pgtx__get_result(tx->conn);
-    PQclear(end); /* NULL, unless the query returned several results */
-    return st;
+    return t;
 }
 
-/* After a pipeline: consume the sync point and leave pipeline mode, so that
-   the connection is usable (or visibly broken) for what follows. */
-static void pipeline_finish(pgtx_tx *tx)
+/* Results go to their callers' slots, except a COMMIT round's, which only
+   count if the transaction committed. */
+static void deliver(pgtx_tx *tx, round_end end)
 {
-    if (PQstatus(tx->pg) == CONNECTION_OK) {
-        PGresult *r = pgtx__get_result(tx->conn);
-        PQclear(r);
+    bool keep = end == END_NONE ? tx->failed == PGTX_OK : tx->committed;
+    for (int i = 0; i < tx->n_items; i++) {
+        tx_item *it = &tx->items[i];
+        if (it->kind != ITEM_STMT)
+            continue;
+        if (keep && it->out)
+            *it->out = it->held;
+        else
+            PQclear(it->held);
+        it->held = NULL;
     }
+}
+
+/* The COMMIT was queued but its answer never came: it may have run. */
+static void commit_unknown(pgtx_tx *tx, const pgtx_error *why)
+{
+    pgtx_error e;
+    pgtx_fail(&e, PGTX_COMMIT_UNKNOWN, "connection lost during COMMIT; the "
+              "transaction may have committed: %s", why->message);
+    tx->failed = PGTX_OK; /* this, not the lost connection, is the outcome */
+    tx_fail(tx, PGTX_COMMIT_UNKNOWN, &e, NULL);
+    atomic_fetch_add(&pgtx__pool_counters(tx->pool)->commit_unknown, 1);
+}
+
+/* Read every result of the round in order.  Returns how it ended: BROKE
+   (the connection gave out), ERROR (the server refused something, and so
+   skipped the rest, COMMIT included) or OK. */
+static taken round_read(pgtx_tx *tx, round_end end, pgtx_error *e)
+{
+    taken worst = TAKEN_OK;
+    pgtx__wire_take_deallocs(tx->conn, tx->n_deallocs);
+    for (int i = 0; i < tx->n_items && worst != TAKEN_BROKE; i++) {
+        taken t = take_item(tx, &tx->items[i], end, e);
+        if (t == TAKEN_BROKE || (t == TAKEN_ERROR && worst == TAKEN_OK))
+            worst = t;
+    }
+    if (worst != TAKEN_BROKE)
+        PQclear(pgtx__get_result(tx->conn)); /* the Sync */
+    return worst;
+}
+
+/* Send the round (ending it as `end` says) and read every result back:
+   one round trip.  Returns OK or the first failure. */
+static pgtx_status round_sync(pgtx_tx *tx, round_end end, pgtx_error *err)
+{
+    pgtx_error e;
+    pgtx__error_clear(&e);
+    bool sent = true;
+    if (end != END_NONE)
+        sent = queue_plain(tx, end == END_COMMIT ? ITEM_COMMIT : ITEM_ROLLBACK,
+                           end == END_COMMIT ? "COMMIT" : "ROLLBACK");
+    pgtx__count_round_trip(tx->pool);
+    sent = PQpipelineSync(tx->pg) == 1 && sent;
+    /* ERROR before the COMMIT means the server skipped it: not unknown. */
+    taken how = sent ? round_read(tx, end, &e) : TAKEN_BROKE;
+    tx->n_deallocs = 0;
+    if (how == TAKEN_BROKE && e.status == PGTX_OK)
+        describe(tx, NULL, &e);
+    if (how == TAKEN_BROKE && end == END_COMMIT && !tx->committed &&
+        tx->failed == PGTX_OK)
+        commit_unknown(tx, &e);
+    else if (how == TAKEN_BROKE && end != END_ROLLBACK)
+        tx_fail(tx, e.status, &e, NULL);
+    deliver(tx, end);
     if (PQstatus(tx->pg) == CONNECTION_OK)
         (void)PQexitPipelineMode(tx->pg);
+    tx->piping = false;
+    if (tx->echo_len)
+        pgtx__echo(tx->pool, tx->conn, tx->echo, pgtx__now_us() - tx->round_t0);
+    if (tx->failed != PGTX_OK && err)
+        *err = tx->failed_err;
+    return tx->failed;
 }
 
-static bool pipeline_send(pgtx_tx *tx, const char *setup, const char *sql,
-                          int n, const char *const *params)
+/* Queue one statement in the open round (opening one if needed). */
+static pgtx_status queue_stmt(pgtx_tx *tx, const char *sql, int n,
+                              const char *const *params, PGresult **out,
+                              pgtx_error *err)
 {
-    const char *begin = pgtx_engine_begin_sql_borrow(tx->engine);
-    if (!PQenterPipelineMode(tx->pg))
-        return false;
-    bool ok = PQsendQueryParams(tx->pg, begin, 0, NULL, NULL, NULL, NULL, 0);
-    if (ok && setup)
-        ok = PQsendQueryParams(tx->pg, setup, 0, NULL, NULL, NULL, NULL, 0);
-    ok = ok && PQsendQueryParams(tx->pg, sql, n, NULL, params, NULL, NULL, 0);
-    return ok && PQpipelineSync(tx->pg);
-}
-
-static void echo_pipeline(pgtx_tx *tx, const char *setup, const char *sql,
-                          int64_t us)
-{
-    char line[768];
-    snprintf(line, sizeof line, "%s; %s%s%s", pgtx_engine_begin_sql_borrow(tx->engine),
-             setup ? setup : "", setup ? "; " : "", sql);
-    pgtx__echo(tx->pool, tx->conn, line, us);
-}
-
-/* The first statement: BEGIN, the engine's SET LOCALs and the statement go
-   out together and come back in one round trip. */
-static pgtx_status first_statement(pgtx_tx *tx, const char *sql, int n,
-                                   const char *const *params, PGresult **out,
-                                   pgtx_error *err)
-{
-    const char *setup = pgtx__engine_setup_sql(tx->engine);
-    int64_t t0 = pgtx__now_us();
-    pgtx__count_round_trip(tx->pool);
-    if (!pipeline_send(tx, setup, sql, n, params)) {
-        pgtx_status st = tx_fail_result(tx, NULL, err);
-        if (PQstatus(tx->pg) == CONNECTION_OK)
-            pipeline_finish(tx);
-        return st;
-    }
-    pgtx_status st = pipeline_take(tx, NULL, err); /* BEGIN */
-    if (st == PGTX_OK)
-        tx->begun = true;
-    if (setup) {
-        pgtx_status s2 = pipeline_take(tx, NULL, err);
-        st = st == PGTX_OK ? s2 : st;
-    }
-    PGresult *res = NULL;
-    pgtx_status s3 = pipeline_take(tx, &res, err);
-    st = st == PGTX_OK ? s3 : st;
-    pipeline_finish(tx);
-    if (pgtx__echo_on(tx->pool))
-        echo_pipeline(tx, setup, sql, pgtx__now_us() - t0);
-    if (st != PGTX_OK) {
-        PQclear(res);
-        return st;
-    }
     if (out)
-        *out = res;
-    else
-        PQclear(res);
+        *out = NULL;
+    if (tx->piping && tx->n_items >= TX_ROUND_MAX)
+        return pgtx_fail(err, PGTX_INVALID, "more than %d statements queued in "
+                         "one round trip: pgtx_flush() first", TX_ROUND_MAX);
+    if (!round_open(tx)) {
+        pgtx_error e;
+        return tx_fail(tx, describe(tx, NULL, &e), &e, err);
+    }
+    tx_item *it = &tx->items[tx->n_items++];
+    memset(it, 0, sizeof *it);
+    it->kind = ITEM_STMT;
+    it->out = out;
+    echo_add(tx, sql);
+    if (!pgtx__wire_send(tx->conn, sql, n, params, &it->how)) {
+        pgtx_error e;
+        return tx_fail(tx, describe(tx, NULL, &e), &e, err);
+    }
     return PGTX_OK;
 }
 
-static pgtx_status next_statement(pgtx_tx *tx, const char *sql, int n,
-                                  const char *const *params, PGresult **out,
-                                  pgtx_error *err)
+/* The first error inside the transaction, again: the server would only say
+   "current transaction is aborted"; the first is the one worth reporting. */
+static pgtx_status already_failed(const pgtx_tx *tx, pgtx_error *err)
 {
-    int64_t t0 = pgtx__now_us();
-    pgtx__count_round_trip(tx->pool);
-    PGresult *r = pgtx__exec(tx->conn, sql, n, params);
-    pgtx__echo(tx->pool, tx->conn, sql, pgtx__now_us() - t0);
-    if (!result_ok(r)) {
-        pgtx_status st = tx_fail_result(tx, r, err);
-        PQclear(r);
-        return st;
-    }
-    if (out)
-        *out = r;
-    else
-        PQclear(r);
-    return PGTX_OK;
+    if (err)
+        *err = tx->failed_err;
+    return tx->failed;
+}
+
+static bool args_ok(const pgtx_tx *tx, const char *sql, int nparams,
+                    const char *const *params)
+{
+    return tx != NULL && sql != NULL && nparams >= 0 && (nparams == 0 || params);
+}
+
+pgtx_status pgtx_queue(pgtx_tx *tx, const char *sql, int nparams,
+                       const char *const *params, PGresult **out,
+                       pgtx_error *err)
+{
+    if (!args_ok(tx, sql, nparams, params))
+        return pgtx_fail(err, PGTX_INVALID, "tx, sql and params are required");
+    if (tx->failed != PGTX_OK)
+        return already_failed(tx, err);
+    return queue_stmt(tx, sql, nparams, params, out, err);
+}
+
+pgtx_status pgtx_flush(pgtx_tx *tx, pgtx_error *err)
+{
+    if (tx == NULL)
+        return pgtx_fail(err, PGTX_INVALID, "tx is required");
+    if (tx->failed != PGTX_OK)
+        return already_failed(tx, err);
+    return tx->piping ? round_sync(tx, END_NONE, err) : PGTX_OK;
 }
 
 pgtx_status pgtx_query(pgtx_tx *tx, const char *sql, int nparams,
                        const char *const *params, PGresult **out,
                        pgtx_error *err)
 {
-    if (tx == NULL || sql == NULL || nparams < 0 || (nparams > 0 && !params))
-        return pgtx_fail(err, PGTX_INVALID, "tx, sql and params are required");
-    if (tx->failed != PGTX_OK) {
-        /* The server would only say "current transaction is aborted";
-           the first error is the one worth reporting. */
-        if (err)
-            *err = tx->failed_err;
-        return tx->failed;
-    }
-    if (!tx->begun)
-        return first_statement(tx, sql, nparams, params, out, err);
-    return next_statement(tx, sql, nparams, params, out, err);
+    pgtx_status st = pgtx_queue(tx, sql, nparams, params, out, err);
+    return st != PGTX_OK ? st : round_sync(tx, END_NONE, err);
 }
 
 /* BEGIN on its own, for callers that want the raw PGconn first. */
@@ -206,7 +330,7 @@ static void begin_alone(pgtx_tx *tx)
     if (result_ok(r))
         tx->begun = true;
     else
-        tx_fail_result(tx, r, &e);
+        tx_fail(tx, describe(tx, r, &e), &e, NULL);
     PQclear(r);
 }
 
@@ -214,9 +338,11 @@ PGconn *pgtx_tx_pg_borrow(pgtx_tx *tx)
 {
     if (tx == NULL)
         return NULL;
+    if (tx->piping && tx->failed == PGTX_OK)
+        (void)round_sync(tx, END_NONE, NULL);
     if (!tx->begun && tx->failed == PGTX_OK)
         begin_alone(tx);
-    return tx->begun ? tx->pg : NULL;
+    return tx->begun && tx->failed == PGTX_OK ? tx->pg : NULL;
 }
 
 int pgtx_tx_attempt(const pgtx_tx *tx) { return tx->attempt; }
@@ -278,38 +404,32 @@ static bool lost_before_commit(pgtx_tx *tx)
     return PQstatus(tx->pg) != CONNECTION_OK || !pgtx__conn_healthy(tx->conn);
 }
 
+/* COMMIT, with whatever the callback left queued (and BEGIN, if nothing
+   ran yet) in the same round trip. */
 static pgtx_status tx_commit(pgtx_tx *tx, pgtx_error *err)
 {
-    if (lost_before_commit(tx))
+    if (tx->begun && lost_before_commit(tx))
         return pgtx__error_from_conn(err, tx->pg, PGTX_CONNECTION_LOST);
-    int64_t t0 = pgtx__now_us();
-    pgtx__count_round_trip(tx->pool);
-    PGresult *r = pgtx__exec(tx->conn, "COMMIT", -1, NULL);
-    pgtx__echo(tx->pool, tx->conn, "COMMIT", pgtx__now_us() - t0);
-    pgtx_status st = PGTX_OK;
-    if (!result_ok(r)) {
+    if (!round_open(tx)) {
         pgtx_error e;
-        st = socket_timeout(tx, pgtx__error_from_result(&e, tx->pg, r), &e);
-        if (err && pgtx_status_class(st) != PGTX_CLASS_CONNECTION)
-            *err = e;
-        /* The server may have committed before the connection broke. */
-        if (pgtx_status_class(st) == PGTX_CLASS_CONNECTION) {
-            st = pgtx_fail(err, PGTX_COMMIT_UNKNOWN,
-                           "connection lost during COMMIT; the transaction "
-                           "may have committed: %s", e.message);
-            atomic_fetch_add(&pgtx__pool_counters(tx->pool)->commit_unknown, 1);
-        }
-    } else if (strcmp(PQcmdStatus(r), "COMMIT") != 0) {
+        return tx_fail(tx, describe(tx, NULL, &e), &e, err);
+    }
+    pgtx_status st = round_sync(tx, END_COMMIT, err);
+    if (st == PGTX_OK && !tx->committed)
         /* "ROLLBACK": an error inside was swallowed by the callback. */
         st = pgtx_fail(err, PGTX_SQL, "COMMIT rolled back an aborted transaction");
-    }
-    PQclear(r);
     return st;
 }
 
 static void tx_rollback(pgtx_tx *tx)
 {
-    if (!tx->begun || PQstatus(tx->pg) != CONNECTION_OK)
+    if (tx->piping) {
+        /* libpq cannot take back what it queued: send it, then ROLLBACK */
+        (void)round_sync(tx, END_ROLLBACK, NULL);
+        return;
+    }
+    if (!tx->begun || PQstatus(tx->pg) != CONNECTION_OK ||
+        PQtransactionStatus(tx->pg) == PQTRANS_IDLE)
         return;
     int64_t t0 = pgtx__now_us();
     pgtx__count_round_trip(tx->pool);
@@ -346,9 +466,9 @@ static pgtx_status run_attempt(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
         return st;
     tx.pg = pgtx_conn_pg_borrow(tx.conn);
     st = attempt_outcome(&tx, fn(&tx, arg, e), e);
-    if (st == PGTX_OK && tx.begun)
+    if (st == PGTX_OK && (tx.begun || tx.piping))
         st = tx_commit(&tx, e);
-    else if (st != PGTX_OK)
+    if (st != PGTX_OK)
         tx_rollback(&tx);
     pgtx__tx_counters *k = pgtx__pool_counters(pool);
     atomic_fetch_add(st == PGTX_OK ? &k->commits : &k->rollbacks, 1);
@@ -369,6 +489,8 @@ static unsigned retry_bit(pgtx_status st)
         return PGTX_RETRY_CONNECTION;
     case PGTX_LOCK_NOT_AVAILABLE:
         return PGTX_RETRY_LOCK_NOT_AVAILABLE;
+    case PGTX_PREPARED_STALE:
+        return PGTX_RETRY_PREPARED;
     default:
         return 0;
     }
@@ -377,10 +499,15 @@ static unsigned retry_bit(pgtx_status st)
 static void count_retry(pgtx_pool *pool, pgtx_status st)
 {
     pgtx__tx_counters *k = pgtx__pool_counters(pool);
-    atomic_uint_fast64_t *c = st == PGTX_SERIALIZATION ? &k->retries_serialization
-                              : st == PGTX_DEADLOCK    ? &k->retries_deadlock
-                              : st == PGTX_STALE       ? &k->retries_stale
-                                                       : &k->retries_connection;
+    atomic_uint_fast64_t *c = NULL;
+    switch (st) {
+    case PGTX_SERIALIZATION: c = &k->retries_serialization; break;
+    case PGTX_DEADLOCK: c = &k->retries_deadlock; break;
+    case PGTX_STALE: c = &k->retries_stale; break;
+    case PGTX_PREPARED_STALE: c = &k->retries_prepared; break;
+    case PGTX_LOCK_NOT_AVAILABLE: c = &k->retries_lock_not_available; break;
+    default: c = &k->retries_connection; break;
+    }
     atomic_fetch_add(c, 1);
 }
 
