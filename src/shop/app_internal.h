@@ -102,6 +102,9 @@ void reply_json(shop_response *res, int status, json_t *body);
 void reply_failure(shop_response *res, pgtx_status st, const pgtx_run_info *info,
                    const pgtx_error *err, const shop_fault *fault);
 
+/* 503 retry_exhausted with Retry-After, `why` first in the message. */
+void reply_retry_exhausted(shop_response *res, const char *why);
+
 /* ---- request bodies (body.c) ------------------------------------------------ */
 
 typedef enum shop_field_kind {
@@ -183,15 +186,14 @@ void reply_row(shop_response *res, int status, const PGresult *r);
     "id, account_id, product_id, quantity, unit_price, discount, total, "    \
     "coupon_id"
 
-/* A column of one row that the strategies change by a delta. */
+/* A column of one row that the strategies change by a delta: how the
+   read-modify-write strategies read it.  The writes are each route's own
+   statement, which changes the row and everything that goes with it at
+   once (atomic: in place; the others: to the value computed here). */
 typedef struct counter_sql {
     const char *what;     /* "account" — for messages */
-    const char *atomic;   /* in place, guarded: $1 id, $2 delta */
-    const char *peek;     /* the value alone, to explain a guarded miss */
-    const char *read;     /* value, version */
-    const char *lock;     /* value, version, row locked */
-    const char *write;    /* $1 id, $2 new value */
-    const char *write_if; /* ... only if version = $3 */
+    const char *read;     /* $1 id: value, version */
+    const char *lock;     /* the same, the row locked FOR NO KEY UPDATE */
 } counter_sql;
 
 extern const counter_sql COUNTER_BALANCE;   /* account.balance */
@@ -205,13 +207,24 @@ typedef enum counter_result {
     COUNTER_OVERFLOW  /* it would not fit in 64 bits */
 } counter_result;
 
-/* Adds `delta` to the counter of row `id` the way strategy `s` writes.
-   *row (may be NULL) gets the changed row's RETURNING columns when DONE
-   (caller PQclears).  The statuses are those of pgtx_query (STALE for a
-   lost optimistic race). */
-pgtx_status counter_add(pgtx_tx *tx, const counter_sql *sql, shop_strategy s,
-                        int64_t id, int64_t delta, counter_result *out,
-                        PGresult **row, pgtx_error *err);
+/* Queues the read of a read-modify-write strategy (`lock` takes the row
+   lock); *out gets it when the round is read (pgtx_flush). */
+pgtx_status counter_queue_read(pgtx_tx *tx, const counter_sql *sql,
+                               shop_strategy s, const char *id, PGresult **out,
+                               pgtx_error *err);
+/* That read plus `delta`: MISSING (no row), FLOOR (below 0), OVERFLOW, or
+   DONE with the new value in *next and the version read in *version. */
+counter_result counter_next(const PGresult *read, int64_t delta, int64_t *next,
+                            int64_t *version);
+/* The write of a read-modify-write strategy: queued, so that it leaves
+   with COMMIT in one round trip; except optimistic's, which must see its
+   version check hold before COMMIT: sent now, and no row back is STALE
+   (the runner retries).  `sql` returns a row when it wrote. */
+pgtx_status rmw_write(pgtx_tx *tx, shop_strategy s, const char *sql, int n,
+                      const char *const *params, PGresult **out, pgtx_error *err);
+/* The version a read-modify-write write checks: the one read for
+   optimistic, NULL (no check) for the others. */
+const char *rmw_version(shop_strategy s, const shop_num *version);
 
 /* A counter that did not change (not DONE) as the fault to answer:
    MISSING 404, OVERFLOW 422 (f->overflow names what), FLOOR 409 with
@@ -243,9 +256,26 @@ void bytea_hex(const unsigned char hash[SHOP_HASH_BYTES],
 typedef struct shop_bump {
     const counter_sql *counter;
     const char *field;     /* the body's one field, an int > 0 */
-    const char *history;   /* INSERT of the record: $1 the id, $2 the delta */
+    /* The change and its record in one statement, returning the row:
+       atomic: $1 id, $2 delta, in place; set: $3 the new value, $4 the
+       version to check or NULL. */
+    const char *atomic;
+    const char *set;
     const char *overflow;  /* what a 64-bit overflow overflows, for the 422 */
 } shop_bump;
+
+/* The two statements of a shop_bump on table.col, recording the change
+   with `history`, an INSERT ... SELECT from `c` (the changed row) that may
+   use $2, the delta. */
+#define BUMP_ATOMIC_SQL(table, col, ret, history)                              \
+    "WITH c AS (UPDATE " table " SET " col " = " col " + $2::bigint,"          \
+    " version = version + 1 WHERE id = $1::bigint RETURNING " ret "),"         \
+    " h AS (" history ") SELECT " ret " FROM c"
+#define BUMP_SET_SQL(table, col, ret, history)                                 \
+    "WITH c AS (UPDATE " table " SET " col " = $3::bigint,"                    \
+    " version = version + 1 WHERE id = $1::bigint"                             \
+    " AND ($4::bigint IS NULL OR version = $4::bigint) RETURNING " ret "),"    \
+    " h AS (" history ") SELECT " ret " FROM c"
 void bump_handle(shop_ctx *ctx, const shop_bump *bump);
 
 /* ---- route handlers (route_*.c) ------------------------------------------- */

@@ -79,6 +79,8 @@ typedef enum opt_id {
     OPT_QUEUE,
     OPT_POOL_SIZE,
     OPT_MAX_OVERFLOW,
+    OPT_IDLE_TIMEOUT,
+    OPT_STATEMENT_CACHE,
     OPT_POOL_TIMEOUT,
     OPT_DB_TIMEOUT,
     OPT_STRATEGY,
@@ -117,9 +119,19 @@ static const opt_spec specs[OPT_COUNT] = {
     [OPT_QUEUE] = {"--queue", "PGTX_QUEUE", "N", 1, 1000000,
                    "requests waiting for a worker before 503 overloaded"},
     [OPT_POOL_SIZE] = {"--pool-size", "PGTX_POOL_SIZE", "N", 1, 1000,
-                       "database connections kept open"},
+                       "database connections kept open; at least --threads, "
+                       "so that\nno worker waits for another's connection"},
     [OPT_MAX_OVERFLOW] = {"--max-overflow", "PGTX_MAX_OVERFLOW", "N", 0, 1000,
                           "extra connections opened under load"},
+    [OPT_IDLE_TIMEOUT] = {"--idle-timeout-ms", "PGTX_IDLE_TIMEOUT_MS", "N", 0,
+                          86400000,
+                          "an extra (overflow) connection unused this long is "
+                          "closed;\n0: closed as soon as it is returned"},
+    [OPT_STATEMENT_CACHE] = {"--statement-cache", "PGTX_STATEMENT_CACHE", "N", 0,
+                             100000,
+                             "statements kept prepared per connection; 0 turns "
+                             "it off\n(needed behind PgBouncer in transaction "
+                             "mode)"},
     [OPT_POOL_TIMEOUT] = {"--pool-timeout-ms", "PGTX_POOL_TIMEOUT_MS", "N", 1,
                           600000,
                           "wait this long for a connection, then 503 "
@@ -159,8 +171,10 @@ static void config_defaults(shop_config *cfg)
         .data_dir = SHOP_DEFAULT_DATA_DIR,
         .threads = default_threads(),
         .queue_size = 1024,
-        .pool_size = 10,
+        .pool_size = 0, /* --threads, once known: see shop_config_parse */
         .max_overflow = 10,
+        .idle_timeout_ms = 60000,
+        .statement_cache = 256,
         .pool_timeout_ms = 2000,
         .db_timeout_ms = 15000,
         .strategy = SHOP_ATOMIC,
@@ -182,8 +196,10 @@ static void default_text(opt_id id, const shop_config *d, char *out, size_t n)
         snprintf(out, n, "2 x cores, at least 4: %d here", d->threads);
         break;
     case OPT_QUEUE: snprintf(out, n, "%d", d->queue_size); break;
-    case OPT_POOL_SIZE: snprintf(out, n, "%d", d->pool_size); break;
+    case OPT_POOL_SIZE: snprintf(out, n, "--threads"); break;
     case OPT_MAX_OVERFLOW: snprintf(out, n, "%d", d->max_overflow); break;
+    case OPT_IDLE_TIMEOUT: snprintf(out, n, "%d", d->idle_timeout_ms); break;
+    case OPT_STATEMENT_CACHE: snprintf(out, n, "%d", d->statement_cache); break;
     case OPT_POOL_TIMEOUT: snprintf(out, n, "%d", d->pool_timeout_ms); break;
     case OPT_DB_TIMEOUT: snprintf(out, n, "%d", d->db_timeout_ms); break;
     case OPT_STRATEGY: snprintf(out, n, "atomic"); break;
@@ -364,6 +380,8 @@ static bool apply(opt_id id, origin o, const char *s, shop_config *cfg)
     case OPT_QUEUE: return set_int(id, o, s, &cfg->queue_size);
     case OPT_POOL_SIZE: return set_int(id, o, s, &cfg->pool_size);
     case OPT_MAX_OVERFLOW: return set_int(id, o, s, &cfg->max_overflow);
+    case OPT_IDLE_TIMEOUT: return set_int(id, o, s, &cfg->idle_timeout_ms);
+    case OPT_STATEMENT_CACHE: return set_int(id, o, s, &cfg->statement_cache);
     case OPT_POOL_TIMEOUT: return set_int(id, o, s, &cfg->pool_timeout_ms);
     case OPT_DB_TIMEOUT: return set_int(id, o, s, &cfg->db_timeout_ms);
     case OPT_STRATEGY: return parse_strategy(o, s, &cfg->strategy);
@@ -462,6 +480,9 @@ shop_config_result shop_config_parse(int argc, char **argv, shop_config *cfg)
             return SHOP_CONFIG_BAD;
         i += used;
     }
+    /* One connection per worker: a worker never waits for another's. */
+    if (cfg->pool_size == 0)
+        cfg->pool_size = cfg->threads;
     return check_combination(cfg) ? SHOP_CONFIG_RUN : SHOP_CONFIG_BAD;
 }
 

@@ -181,6 +181,8 @@ static bool create_pool(service *s)
     pc.application_name = "pgtx-shop";
     pc.pool_size = s->cfg.pool_size;
     pc.max_overflow = s->cfg.max_overflow;
+    pc.idle_timeout_ms = s->cfg.idle_timeout_ms;
+    pc.statement_cache_size = s->cfg.statement_cache;
     pc.checkout_timeout_ms = s->cfg.pool_timeout_ms;
     pc.socket_timeout_ms = s->cfg.db_timeout_ms;
     pc.log = on_pool_log;
@@ -459,6 +461,10 @@ int main(int argc, char **argv)
     case SHOP_CONFIG_RUN: break;
     }
     shop_log_set_level(s.cfg.log_level);
+    if (s.cfg.pool_size + s.cfg.max_overflow < s.cfg.threads)
+        shop_log(SHOP_LOG_WARN, "--pool-size %d + --max-overflow %d < --threads %d: "
+                 "workers will wait for each other's connections",
+                 s.cfg.pool_size, s.cfg.max_overflow, s.cfg.threads);
     if (!install_signals()) {
         fprintf(stderr, "pgtx-shop: cannot install signal handlers: %s\n", strerror(errno));
         return 1;

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Prometheus' default buckets, in seconds. */
 static const double bucket_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -36,6 +37,11 @@ struct shop_metrics {
     route_stats *routes; /* owned, nroutes used, cap allocated */
     size_t nroutes, cap;
     tx_stats tx[SHOP_STRATEGY_COUNT]; /* atomics: the hot path takes no lock */
+    /* connections opened per second, between two scrapes at least a
+       second apart (guarded by mu) */
+    uint64_t opened_seen;
+    int64_t opened_seen_ms;
+    double opened_per_second;
 };
 
 shop_metrics *shop_metrics_create(void)
@@ -234,6 +240,33 @@ static void counter(FILE *f, const char *name, const char *help, uint64_t v)
     fprintf(f, "pgtx_shop_%s %llu\n", name, (unsigned long long)v);
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Churn made visible: how fast connections were opened since the scrape
+   before (a pool that closes and reopens its overflow shows here). */
+static double opened_rate(shop_metrics *m, uint64_t created)
+{
+    int64_t now = mono_ms();
+    pthread_mutex_lock(&m->mu);
+    if (m->opened_seen_ms == 0) {
+        m->opened_seen = created;
+        m->opened_seen_ms = now;
+    } else if (now - m->opened_seen_ms >= 1000) {
+        m->opened_per_second = (double)(created - m->opened_seen) * 1000.0 /
+                               (double)(now - m->opened_seen_ms);
+        m->opened_seen = created;
+        m->opened_seen_ms = now;
+    }
+    double rate = m->opened_per_second;
+    pthread_mutex_unlock(&m->mu);
+    return rate;
+}
+
 static void render_pool_gauges(FILE *f, const pgtx_pool_stats *s)
 {
     gauge(f, "pool_connections_open", "Connections open or being opened.", s->open);
@@ -260,6 +293,17 @@ static void render_pool_counters(FILE *f, const pgtx_pool_stats *s)
             "Connections closed: broken, expired or overflow.", s->discarded);
     counter(f, "pool_round_trips_total", "Round trips made by libpgtx itself.",
             s->round_trips);
+    counter(f, "pool_connections_idle_closed_total",
+            "Overflow connections closed after --idle-timeout-ms unused.",
+            s->idle_closed);
+    counter(f, "pool_statements_prepared_total",
+            "Statements prepared (first use on a connection, or again).",
+            s->stmt_prepares);
+    counter(f, "pool_statement_cache_hits_total",
+            "Executions of a statement already prepared on its connection.",
+            s->stmt_hits);
+    counter(f, "pool_statement_cache_evictions_total",
+            "Prepared statements dropped to make room.", s->stmt_evictions);
 }
 
 static void render_runner(FILE *f, const pgtx_pool_stats *s)
@@ -270,11 +314,15 @@ static void render_runner(FILE *f, const pgtx_pool_stats *s)
     fprintf(f, "pgtx_shop_pool_retries_total{reason=\"serialization\"} %llu\n"
                "pgtx_shop_pool_retries_total{reason=\"deadlock\"} %llu\n"
                "pgtx_shop_pool_retries_total{reason=\"stale\"} %llu\n"
-               "pgtx_shop_pool_retries_total{reason=\"connection\"} %llu\n",
+               "pgtx_shop_pool_retries_total{reason=\"connection\"} %llu\n"
+               "pgtx_shop_pool_retries_total{reason=\"prepared_stale\"} %llu\n"
+               "pgtx_shop_pool_retries_total{reason=\"lock_not_available\"} %llu\n",
             (unsigned long long)s->retries_serialization,
             (unsigned long long)s->retries_deadlock,
             (unsigned long long)s->retries_stale,
-            (unsigned long long)s->retries_connection);
+            (unsigned long long)s->retries_connection,
+            (unsigned long long)s->retries_prepared,
+            (unsigned long long)s->retries_lock_not_available);
     counter(f, "pool_commit_unknown_total",
             "Connections lost during COMMIT (outcome unknown).", s->commit_unknown);
     counter(f, "pool_socket_timeouts_total",
@@ -308,6 +356,10 @@ char *shop_metrics_render(shop_metrics *m, pgtx_pool *pool,
         pgtx_pool_stats s;
         pgtx_pool_stats_get(pool, &s);
         render_pool_gauges(f, &s);
+        header(f, "pool_connections_opened_per_second", "gauge",
+               "Connections opened per second since the scrape before.");
+        fprintf(f, "pgtx_shop_pool_connections_opened_per_second %.3f\n",
+                opened_rate(m, s.created));
         render_pool_counters(f, &s);
         render_runner(f, &s);
     }

@@ -98,6 +98,12 @@ static void reply_unavailable(shop_response *res, const char *code,
     res->retry_after = 1;
 }
 
+void reply_retry_exhausted(shop_response *res, const char *why)
+{
+    reply_error(res, 503, "retry_exhausted", "%s; try again", why);
+    res->retry_after = 1;
+}
+
 static void reply_sql(shop_response *res, const pgtx_error *err,
                       const shop_fault *fault)
 {

@@ -65,11 +65,15 @@ void accounts_get(shop_ctx *ctx)
                 "account", NULL);
 }
 
+#define DEPOSIT_LEDGER                                                         \
+    "INSERT INTO ledger (account_id, amount, kind)"                            \
+    " SELECT id, $2::bigint, 'deposit' FROM c"
+
 static const shop_bump DEPOSIT = {
     .counter = &COUNTER_BALANCE,
     .field = "amount",
-    .history = "INSERT INTO ledger (account_id, amount, kind)"
-               " VALUES ($1, $2, 'deposit')",
+    .atomic = BUMP_ATOMIC_SQL("account", "balance", ACCOUNT_COLUMNS, DEPOSIT_LEDGER),
+    .set = BUMP_SET_SQL("account", "balance", ACCOUNT_COLUMNS, DEPOSIT_LEDGER),
     .overflow = "the balance plus the amount",
 };
 

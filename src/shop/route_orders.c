@@ -3,12 +3,21 @@
  * GET /v1/accounts/{id}/orders.
  *
  * An order is one transaction: stock, coupon claim, balance, the order row
- * and its ledger row change together, or a business rule rolls all of it
- * back.  With an Idempotency-Key the order row is inserted first, which
- * claims the key: the (account_id, idempotency_key) index makes a concurrent
- * twin wait for the first to commit and then insert nothing, and the twin
- * answers with the order that won.  A key always wins over the business
- * rules: a replay is answered even when the stock has run out since.
+ * and its ledger row change together, or not at all.  It is written by one
+ * statement that leaves with BEGIN and COMMIT (atomic: one round trip; the
+ * others after one round trip of reads).  Since COMMIT is already on its
+ * way, a rule that says no must make that statement change nothing or
+ * fail: the stock guard leaves every part of it empty, and a refused
+ * balance (its CHECK), a claim that cannot be spent or a row that is not
+ * there (a NOT NULL of the order row) fail it, so the server skips COMMIT
+ * and the runner rolls back.  Then the same reads the read-modify-write
+ * strategies make say which rule it was.
+ *
+ * With an Idempotency-Key the order row's (account_id, idempotency_key)
+ * index claims the key: a concurrent twin waits for the first to commit,
+ * fails on the index and answers with the order that won.  A key always
+ * wins over the business rules: a replay is answered even when the stock
+ * has run out since.
  */
 #include "app_internal.h"
 
@@ -26,270 +35,304 @@ static const shop_field ORDER_FIELDS[] = {
 /* Columns of ORDER_COLUMNS; a query may add more after them. */
 #define ORDER_NCOLS 8
 
+/* What the reads found: one result per read, owned. */
+typedef struct order_reads {
+    PGresult *key;     /* the key's earlier order (with a key) */
+    PGresult *product; /* stock, version, price */
+    PGresult *claim;   /* the claim's order_id (with a coupon) */
+    PGresult *coupon;  /* discount (with a coupon) */
+    PGresult *account; /* balance, version */
+} order_reads;
+
+/* What the order does, as the reads decided it. */
+typedef struct order_plan {
+    int64_t unit_price, discount, total;
+    int64_t stock, product_version;  /* the product after it */
+    int64_t balance, account_version; /* the account after it */
+} order_plan;
+
 typedef struct order_arg {
-    /* the request */
+    /* the request, its parameters as text */
     int64_t account, product, quantity;
     int64_t coupon;                       /* 0: none */
     const char *key;                      /* Idempotency-Key or NULL; borrowed */
     char hash[SHOP_BYTEA_HEX_LEN + 1];    /* the request's hash, with a key */
+    shop_num account_s, product_s, quantity_s, coupon_s;
     shop_strategy strategy;
     /* what the last attempt did */
+    order_reads reads;
     PGresult *row;  /* the order (ORDER_COLUMNS first), owned */
     bool replayed;  /* row is the earlier order of this key */
     shop_fault fault;
 } order_arg;
 
-/* What the order costs.  Price and discount never change once created,
-   so they are read without a lock under every strategy. */
-typedef struct order_quote {
-    int64_t unit_price, discount, total;
-} order_quote;
+static void order_reset(order_arg *a)
+{
+    result_reset(&a->reads.key);
+    result_reset(&a->reads.product);
+    result_reset(&a->reads.claim);
+    result_reset(&a->reads.coupon);
+    result_reset(&a->reads.account);
+    result_reset(&a->row);
+    a->replayed = false;
+    fault_reset(&a->fault);
+}
 
-/* ---- the key ---------------------------------------------------------------- */
+static const char *coupon_param(const order_arg *a)
+{
+    return a->coupon ? a->coupon_s.s : NULL;
+}
+
+/* ---- the reads ------------------------------------------------------------------ */
 
 static const char FIND_KEY_SQL[] =
     "SELECT " ORDER_COLUMNS ", request_hash = $3 FROM orders"
     " WHERE account_id = $1 AND idempotency_key = $2";
 
-/* An earlier order under this key: replayed when it was asked with the same
-   request, else 422.  Nothing found leaves a->row NULL. */
-static pgtx_status order_find_key(pgtx_tx *tx, order_arg *a, pgtx_error *err)
+/* The lock strategy locks what it will write, in the order every order
+   locks it: product, claim, account (FOR NO KEY UPDATE: see store.c). */
+#define CLAIM_READ_SQL                                                         \
+    "SELECT order_id FROM coupon_claim"                                        \
+    " WHERE coupon_id = $1::bigint AND account_id = $2::bigint"
+#define PRODUCT_READ_SQL                                                       \
+    "SELECT stock, version, price FROM product WHERE id = $1::bigint"
+#define LOCKED " FOR NO KEY UPDATE"
+
+/* Queue every read the order's rules need, and send them in one round trip
+   (with BEGIN, when they come first). */
+static pgtx_status order_read(pgtx_tx *tx, order_arg *a, pgtx_error *err)
 {
-    shop_num account = num_of(a->account);
-    const char *p[3] = {account.s, a->key, a->hash};
-    PGresult *r = NULL;
-    pgtx_status st = pgtx_query(tx, FIND_KEY_SQL, 3, p, &r, err);
-    if (st != PGTX_OK || PQntuples(r) == 0) {
-        PQclear(r);
-        return st;
-    }
-    if (PQgetvalue(r, 0, ORDER_NCOLS)[0] != 't') {
-        char id[24];
-        snprintf(id, sizeof id, "%s", PQgetvalue(r, 0, 0));
-        PQclear(r);
+    bool lock = a->strategy == SHOP_LOCK;
+    const char *kp[3] = {a->account_s.s, a->key, a->hash};
+    const char *cp[2] = {a->coupon_s.s, a->account_s.s};
+    const char *pp[1] = {a->product_s.s};
+    pgtx_status st = a->key ? pgtx_queue(tx, FIND_KEY_SQL, 3, kp, &a->reads.key, err)
+                            : PGTX_OK;
+    if (st == PGTX_OK)
+        st = pgtx_queue(tx, lock ? PRODUCT_READ_SQL LOCKED : PRODUCT_READ_SQL, 1, pp,
+                        &a->reads.product, err);
+    if (st == PGTX_OK && a->coupon)
+        st = pgtx_queue(tx, lock ? CLAIM_READ_SQL LOCKED : CLAIM_READ_SQL, 2, cp,
+                        &a->reads.claim, err);
+    if (st == PGTX_OK && a->coupon)
+        st = pgtx_queue(tx, "SELECT discount FROM coupon WHERE id = $1::bigint", 1, cp,
+                        &a->reads.coupon, err);
+    if (st == PGTX_OK)
+        st = counter_queue_read(tx, &COUNTER_BALANCE, a->strategy, a->account_s.s,
+                                &a->reads.account, err);
+    return st != PGTX_OK ? st : pgtx_flush(tx, err);
+}
+
+/* An earlier order under this key: replayed when it was asked with the
+   same request, else 422.  Nothing found changes nothing. */
+static pgtx_status judge_key(order_arg *a, pgtx_error *err)
+{
+    PGresult *r = a->reads.key;
+    if (r == NULL || PQntuples(r) == 0)
+        return PGTX_OK;
+    if (PQgetvalue(r, 0, ORDER_NCOLS)[0] != 't')
         return fault_abort(&a->fault, err, 422, "idempotency_key_reused",
                            "this Idempotency-Key was used for order %s, "
-                           "with a different request", id);
-    }
-    result_reset(&a->row);
+                           "with a different request", PQgetvalue(r, 0, 0));
     a->row = r;
+    a->reads.key = NULL;
     a->replayed = true;
     return PGTX_OK;
 }
 
-/* ---- the steps of an order ------------------------------------------------------ */
-
-static pgtx_status order_quote_get(pgtx_tx *tx, order_arg *a, order_quote *q,
-                                   pgtx_error *err)
+/* Every row the order names exists, and what it costs fits in 64 bits. */
+static pgtx_status judge_price(order_arg *a, order_plan *plan, pgtx_error *err)
 {
-    shop_num account = num_of(a->account), product = num_of(a->product),
-             coupon = num_of(a->coupon);
-    const char *p[3] = {account.s, product.s, a->coupon ? coupon.s : NULL};
-    PGresult *r = NULL;
-    pgtx_status st = pgtx_query(tx, "SELECT EXISTS (SELECT FROM account WHERE id = $1),"
-                                    " (SELECT price FROM product WHERE id = $2),"
-                                    " (SELECT discount FROM coupon WHERE id = $3)",
-                                3, p, &r, err);
-    if (st != PGTX_OK)
-        return st;
-    bool has_account = PQgetvalue(r, 0, 0)[0] == 't';
-    bool has_product = pgtx_result_int64(r, 0, 1, &q->unit_price) == PGTX_OK;
-    q->discount = 0;
-    bool has_coupon = !a->coupon || pgtx_result_int64(r, 0, 2, &q->discount) == PGTX_OK;
-    PQclear(r);
-    if (!has_account)
-        return fault_abort(&a->fault, err, 404, "not_found", "account %s not found", account.s);
-    if (!has_product)
-        return fault_abort(&a->fault, err, 404, "not_found", "product %s not found", product.s);
-    if (!has_coupon)
-        return fault_abort(&a->fault, err, 404, "not_found", "coupon %s not found", coupon.s);
-    if (q->unit_price > 0 && a->quantity > INT64_MAX / q->unit_price)
+    int64_t stock;
+    if (PQntuples(a->reads.account) != 1)
+        return fault_abort(&a->fault, err, 404, "not_found", "account %s not found",
+                           a->account_s.s);
+    if (pgtx_result_int64(a->reads.product, 0, 0, &stock) != PGTX_OK ||
+        pgtx_result_int64(a->reads.product, 0, 1, &plan->product_version) != PGTX_OK ||
+        pgtx_result_int64(a->reads.product, 0, 2, &plan->unit_price) != PGTX_OK)
+        return fault_abort(&a->fault, err, 404, "not_found", "product %s not found",
+                           a->product_s.s);
+    plan->discount = 0;
+    if (a->coupon &&
+        pgtx_result_int64(a->reads.coupon, 0, 0, &plan->discount) != PGTX_OK)
+        return fault_abort(&a->fault, err, 404, "not_found", "coupon %s not found",
+                           a->coupon_s.s);
+    if (plan->unit_price > 0 && a->quantity > INT64_MAX / plan->unit_price)
         return fault_abort(&a->fault, err, 422, "out_of_range",
                            "price * quantity would not fit in 64 bits");
-    int64_t gross = q->unit_price * a->quantity;
-    q->total = gross > q->discount ? gross - q->discount : 0;
+    int64_t gross = plan->unit_price * a->quantity;
+    plan->total = gross > plan->discount ? gross - plan->discount : 0;
     return PGTX_OK;
 }
 
-static const char INSERT_ORDER_SQL[] =
-    "INSERT INTO orders (account_id, product_id, quantity, unit_price,"
-    " discount, total, coupon_id, idempotency_key, request_hash)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-    " ON CONFLICT (account_id, idempotency_key) DO NOTHING"
-    " RETURNING " ORDER_COLUMNS;
-
-/* The order row, inserted first to claim the key.  When it inserts
-   nothing, a twin with the same key committed meanwhile: answer with its
-   order (or 422). */
-static pgtx_status order_open(pgtx_tx *tx, order_arg *a, const order_quote *q,
-                              pgtx_error *err)
+static pgtx_status judge_claim(order_arg *a, pgtx_error *err)
 {
-    shop_num account = num_of(a->account), product = num_of(a->product),
-             quantity = num_of(a->quantity), price = num_of(q->unit_price),
-             discount = num_of(q->discount), total = num_of(q->total),
-             coupon = num_of(a->coupon);
-    const char *p[9] = {account.s, product.s, quantity.s, price.s, discount.s,
-                        total.s, a->coupon ? coupon.s : NULL, a->key,
-                        a->key ? a->hash : NULL};
-    pgtx_status st = pgtx_query(tx, INSERT_ORDER_SQL, 9, p, &a->row, err);
-    if (st != PGTX_OK || PQntuples(a->row) == 1)
-        return st;
-    result_reset(&a->row);
-    st = order_find_key(tx, a, err);
-    if (st == PGTX_OK && !a->replayed) /* cannot be seen yet: look again */
-        return pgtx_fail(err, PGTX_STALE, "the key's order is not visible yet");
-    return st;
-}
-
-static pgtx_status order_take_stock(pgtx_tx *tx, order_arg *a, pgtx_error *err)
-{
-    counter_result cr;
-    pgtx_status st = counter_add(tx, &COUNTER_STOCK, a->strategy, a->product,
-                                 -a->quantity, &cr, NULL, err);
-    if (st != PGTX_OK || cr == COUNTER_DONE)
-        return st;
-    char why[64];
-    snprintf(why, sizeof why, "fewer than %lld left", (long long)a->quantity);
-    return counter_fault(&a->fault, err, &COUNTER_STOCK, a->product, cr,
-                         "out_of_stock", why);
-}
-
-static pgtx_status order_charge(pgtx_tx *tx, order_arg *a, int64_t total,
-                                pgtx_error *err)
-{
-    counter_result cr;
-    pgtx_status st = counter_add(tx, &COUNTER_BALANCE, a->strategy, a->account,
-                                 -total, &cr, NULL, err);
-    if (st != PGTX_OK || cr == COUNTER_DONE)
-        return st;
-    char why[80];
-    snprintf(why, sizeof why, "the balance is below the total %lld",
-             (long long)total);
-    return counter_fault(&a->fault, err, &COUNTER_BALANCE, a->account, cr,
-                         "insufficient_funds", why);
-}
-
-/* ---- spending the coupon claim ------------------------------------------------- */
-
-#define CLAIM_READ_SQL                                                         \
-    "SELECT order_id FROM coupon_claim WHERE coupon_id = $1 AND account_id = $2"
-#define CLAIM_SPEND_SQL                                                        \
-    "UPDATE coupon_claim SET order_id = $3"                                    \
-    " WHERE coupon_id = $1 AND account_id = $2"
-
-typedef enum claim_state { CLAIM_NONE, CLAIM_UNUSED, CLAIM_USED } claim_state;
-
-static pgtx_status claim_read(pgtx_tx *tx, const char *sql, const char *const p[2],
-                              claim_state *out, pgtx_error *err)
-{
-    PGresult *r = NULL;
-    pgtx_status st = pgtx_query(tx, sql, 2, p, &r, err);
-    if (st != PGTX_OK)
-        return st;
-    *out = PQntuples(r) == 0 ? CLAIM_NONE
-           : PQgetisnull(r, 0, 0) ? CLAIM_UNUSED
-                                  : CLAIM_USED;
-    PQclear(r);
-    return PGTX_OK;
-}
-
-static pgtx_status claim_refuse(order_arg *a, claim_state s, pgtx_error *err)
-{
-    if (s == CLAIM_NONE)
+    if (!a->coupon)
+        return PGTX_OK;
+    if (PQntuples(a->reads.claim) == 0)
         return fault_abort(&a->fault, err, 409, "coupon_not_claimed",
-                           "account %lld has not claimed coupon %lld",
-                           (long long)a->account, (long long)a->coupon);
-    return fault_abort(&a->fault, err, 409, "coupon_already_used",
-                       "account %lld already used coupon %lld on an order",
-                       (long long)a->account, (long long)a->coupon);
+                           "account %s has not claimed coupon %s", a->account_s.s,
+                           a->coupon_s.s);
+    if (!PQgetisnull(a->reads.claim, 0, 0))
+        return fault_abort(&a->fault, err, 409, "coupon_already_used",
+                           "account %s already used coupon %s on an order",
+                           a->account_s.s, a->coupon_s.s);
+    return PGTX_OK;
 }
 
-/* atomic: one guarded UPDATE; zero rows is explained by a read after. */
-static pgtx_status claim_spend_atomic(pgtx_tx *tx, order_arg *a,
-                                      const char *const p[3], pgtx_error *err)
+/* The reads' verdict, in the order the errors are reported: the key, a
+   missing row, an overflow, the stock, the claim, the balance.  OK with
+   the plan when every rule holds (or the key's order is replayed). */
+static pgtx_status order_judge(order_arg *a, order_plan *plan, pgtx_error *err)
 {
-    PGresult *r = NULL;
-    claim_state s = CLAIM_NONE;
-    pgtx_status st = pgtx_query(tx, CLAIM_SPEND_SQL " AND order_id IS NULL", 3,
-                                p, &r, err);
-    int64_t spent = st == PGTX_OK ? pgtx_result_affected(r) : 0;
-    PQclear(r);
-    if (st != PGTX_OK || spent == 1)
+    pgtx_status st = judge_key(a, err);
+    if (st != PGTX_OK || a->replayed || (st = judge_price(a, plan, err)) != PGTX_OK)
         return st;
-    st = claim_read(tx, CLAIM_READ_SQL, p, &s, err);
-    return st != PGTX_OK ? st : claim_refuse(a, s, err);
+    counter_result cr = counter_next(a->reads.product, -a->quantity, &plan->stock,
+                                     &plan->product_version);
+    if (cr != COUNTER_DONE) {
+        char why[64];
+        snprintf(why, sizeof why, "fewer than %lld left", (long long)a->quantity);
+        return counter_fault(&a->fault, err, &COUNTER_STOCK, a->product, cr,
+                             "out_of_stock", why);
+    }
+    if ((st = judge_claim(a, err)) != PGTX_OK)
+        return st;
+    cr = counter_next(a->reads.account, -plan->total, &plan->balance,
+                      &plan->account_version);
+    if (cr != COUNTER_DONE) {
+        char why[80];
+        snprintf(why, sizeof why, "the balance is below the total %lld",
+                 (long long)plan->total);
+        return counter_fault(&a->fault, err, &COUNTER_BALANCE, a->account, cr,
+                             "insufficient_funds", why);
+    }
+    return PGTX_OK;
 }
 
-/* The others read (lock reads FOR NO KEY UPDATE), then write; optimistic
-   writes only if the claim is still unused, else STALE and a retry. */
-static pgtx_status claim_spend(pgtx_tx *tx, order_arg *a, const char *order_id,
+/* ---- the write -------------------------------------------------------------------- */
+
+/* The ledger row of the order, and the order's columns for the answer. */
+#define ORDER_TAIL                                                             \
+    " RETURNING " ORDER_COLUMNS "),"                                           \
+    " l AS (INSERT INTO ledger (account_id, amount, kind, order_id)"           \
+    " SELECT account_id, -total, 'order', id FROM o)"                          \
+    " SELECT * FROM o"
+
+#define ORDER_INSERT                                                           \
+    " o AS (INSERT INTO orders (id, account_id, product_id, quantity,"        \
+    " unit_price, discount, total, coupon_id, idempotency_key, request_hash)"
+
+/*
+ * atomic: $1 account, $2 product, $3 quantity, $4 coupon, $5 key, $6 hash.
+ * The price comes back from the product's own UPDATE.  Out of stock (or no
+ * product) leaves p empty and so every other part.  A claim that is not
+ * there to spend leaves c empty and the discount NULL; no account leaves a
+ * empty and account_id NULL: both fail a NOT NULL.  A balance that would go
+ * below 0 fails its CHECK.
+ */
+static const char ORDER_ATOMIC_SQL[] =
+    "WITH p AS (UPDATE product SET stock = stock - $3::bigint, version = version + 1"
+    " WHERE id = $2::bigint AND stock >= $3::bigint RETURNING price),"
+    " i AS (SELECT nextval('orders_id_seq') AS id FROM p),"
+    " c AS (UPDATE coupon_claim SET order_id = i.id FROM i"
+    " WHERE coupon_id = $4::bigint AND account_id = $1::bigint AND order_id IS NULL"
+    " RETURNING (SELECT discount FROM coupon WHERE id = $4::bigint) AS discount),"
+    " m AS (SELECT price, d.discount,"
+    " greatest(price * $3::bigint - d.discount, 0) AS total FROM p,"
+    " (SELECT CASE WHEN $4::bigint IS NULL THEN 0"
+    " ELSE (SELECT discount FROM c) END AS discount) d),"
+    " a AS (UPDATE account SET balance = balance - m.total, version = version + 1"
+    " FROM m WHERE account.id = $1::bigint RETURNING account.id),"
+    ORDER_INSERT
+    " SELECT i.id, (SELECT id FROM a), $2::bigint, $3::bigint, m.price, m.discount,"
+    " m.total, $4::bigint, $5::text, $6::bytea FROM i, m"
+    ORDER_TAIL;
+
+/*
+ * lock, optimistic, serializable, naive: the values computed from the
+ * reads: $7 price, $8 discount, $9 total, $10 stock, $11 product version,
+ * $12 balance, $13 account version (versions NULL but for optimistic).  A
+ * version that no longer matches leaves p or a empty, a claim spent
+ * meanwhile leaves c empty: a NOT NULL of the order row fails.
+ */
+static const char ORDER_SET_SQL[] =
+    "WITH p AS (UPDATE product SET stock = $10::bigint, version = version + 1"
+    " WHERE id = $2::bigint AND ($11::bigint IS NULL OR version = $11::bigint)"
+    " RETURNING id),"
+    " i AS (SELECT nextval('orders_id_seq') AS id),"
+    " c AS (UPDATE coupon_claim SET order_id = i.id FROM i"
+    " WHERE coupon_id = $4::bigint AND account_id = $1::bigint AND order_id IS NULL"
+    " RETURNING coupon_id),"
+    " a AS (UPDATE account SET balance = $12::bigint, version = version + 1"
+    " WHERE id = $1::bigint AND ($13::bigint IS NULL OR version = $13::bigint)"
+    " RETURNING id),"
+    ORDER_INSERT
+    " SELECT i.id, (SELECT id FROM a), (SELECT id FROM p), $3::bigint, $7::bigint,"
+    " CASE WHEN $4::bigint IS NULL THEN $8::bigint"
+    " ELSE (SELECT $8::bigint FROM c) END, $9::bigint, $4::bigint, $5::text,"
+    " $6::bytea FROM i"
+    ORDER_TAIL;
+
+static pgtx_status order_write(pgtx_tx *tx, order_arg *a, const order_plan *q,
                                pgtx_error *err)
 {
-    shop_num coupon = num_of(a->coupon), account = num_of(a->account);
-    const char *p[3] = {coupon.s, account.s, order_id};
-    if (a->strategy == SHOP_ATOMIC)
-        return claim_spend_atomic(tx, a, p, err);
-    claim_state s = CLAIM_NONE;
-    pgtx_status st = claim_read(tx,
-                                a->strategy == SHOP_LOCK
-                                    ? CLAIM_READ_SQL " FOR NO KEY UPDATE"
-                                    : CLAIM_READ_SQL,
-                                p, &s, err);
-    if (st != PGTX_OK)
-        return st;
-    if (s != CLAIM_UNUSED)
-        return claim_refuse(a, s, err);
-    if (a->strategy == SHOP_OPTIMISTIC)
-        return pgtx_query_expect(tx, CLAIM_SPEND_SQL " AND order_id IS NULL", 3,
-                                 p, 1, NULL, err);
-    return pgtx_query(tx, CLAIM_SPEND_SQL, 3, p, NULL, err);
-}
-
-/* ---- the transaction ---------------------------------------------------------------- */
-
-static pgtx_status order_ledger(pgtx_tx *tx, const order_arg *a, int64_t total,
-                                pgtx_error *err)
-{
-    shop_num account = num_of(a->account), amount = num_of(-total);
-    const char *p[3] = {account.s, amount.s, PQgetvalue(a->row, 0, 0)};
-    return pgtx_query(tx, "INSERT INTO ledger (account_id, amount, kind, order_id)"
-                          " VALUES ($1, $2, 'order', $3)",
-                      3, p, NULL, err);
+    shop_num price = num_of(q->unit_price), discount = num_of(q->discount),
+             total = num_of(q->total), stock = num_of(q->stock),
+             pv = num_of(q->product_version), balance = num_of(q->balance),
+             av = num_of(q->account_version);
+    const char *p[13] = {a->account_s.s, a->product_s.s, a->quantity_s.s,
+                         coupon_param(a), a->key, a->key ? a->hash : NULL,
+                         price.s, discount.s, total.s, stock.s,
+                         rmw_version(a->strategy, &pv), balance.s,
+                         rmw_version(a->strategy, &av)};
+    pgtx_status st = rmw_write(tx, a->strategy, ORDER_SET_SQL, 13, p, &a->row, err);
+    /* optimistic: a version check that failed (a NOT NULL here) is STALE */
+    if (a->strategy == SHOP_OPTIMISTIC && st == PGTX_CONSTRAINT &&
+        err && strcmp(err->sqlstate, "23502") == 0)
+        return pgtx_fail(err, PGTX_STALE, "the order's rows changed since they were read");
+    return st;
 }
 
 static pgtx_status order_tx(pgtx_tx *tx, void *p, pgtx_error *err)
 {
     order_arg *a = p;
-    order_quote q;
-    result_reset(&a->row);
-    a->replayed = false;
-    fault_reset(&a->fault);
-    pgtx_status st = a->key ? order_find_key(tx, a, err) : PGTX_OK;
-    if (st == PGTX_OK && !a->replayed)
-        st = order_quote_get(tx, a, &q, err);
-    if (st == PGTX_OK && !a->replayed)
-        st = order_open(tx, a, &q, err);
+    order_plan plan;
+    order_reset(a);
+    if (a->strategy == SHOP_ATOMIC) {
+        /* one statement, sent with BEGIN and COMMIT: one round trip */
+        const char *params[6] = {a->account_s.s, a->product_s.s, a->quantity_s.s,
+                                 coupon_param(a), a->key, a->key ? a->hash : NULL};
+        return pgtx_queue(tx, ORDER_ATOMIC_SQL, 6, params, &a->row, err);
+    }
+    pgtx_status st = order_read(tx, a, err);
+    st = st != PGTX_OK ? st : order_judge(a, &plan, err);
     if (st != PGTX_OK || a->replayed)
         return st;
-    st = order_take_stock(tx, a, err);
-    if (st == PGTX_OK && a->coupon)
-        st = claim_spend(tx, a, PQgetvalue(a->row, 0, 0), err);
-    if (st == PGTX_OK)
-        st = order_charge(tx, a, q.total, err);
-    if (st == PGTX_OK)
-        st = order_ledger(tx, a, q.total, err);
-    return st;
+    return order_write(tx, a, &plan, err);
 }
 
-/* After a unique violation on the key (a twin won where the index could
-   not make us wait): the winner's order, read in a transaction of its own. */
+/* Why an atomic order changed nothing, read after it: the fault, the key's
+   order, or OK when every rule holds now (what stopped it rolled back
+   meanwhile): then it is tried again. */
+static pgtx_status explain_tx(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    order_arg *a = p;
+    order_plan plan;
+    order_reset(a);
+    pgtx_status st = order_read(tx, a, err);
+    return st != PGTX_OK ? st : order_judge(a, &plan, err);
+}
+
+/* After a unique violation on the key (a twin won): the winner's order,
+   read in a transaction of its own. */
 static pgtx_status replay_tx(pgtx_tx *tx, void *p, pgtx_error *err)
 {
     order_arg *a = p;
-    result_reset(&a->row);
-    a->replayed = false;
-    fault_reset(&a->fault);
-    pgtx_status st = order_find_key(tx, a, err);
+    const char *kp[3] = {a->account_s.s, a->key, a->hash};
+    order_reset(a);
+    pgtx_status st = pgtx_query(tx, FIND_KEY_SQL, 3, kp, &a->reads.key, err);
+    st = st != PGTX_OK ? st : judge_key(a, err);
     if (st == PGTX_OK && !a->replayed)
         return pgtx_fail(err, PGTX_STALE, "the key's order is not visible yet");
     return st;
@@ -328,6 +371,48 @@ static void order_reply(shop_ctx *ctx, const order_arg *a)
     reply_json(ctx->res, a->replayed ? 200 : 201, row_json(a->row, 0, ORDER_NCOLS));
 }
 
+/* The order's one statement changed nothing (no row back) or the server
+   refused it for a rule (a CHECK, a NOT NULL): the reads will say why. */
+static bool order_refused(pgtx_status st, const pgtx_error *err, const order_arg *a)
+{
+    if (st == PGTX_OK)
+        return !a->replayed && PQntuples(a->row) == 0;
+    return st == PGTX_CONSTRAINT && (strcmp(err->sqlstate, "23502") == 0 ||
+                                     strcmp(err->sqlstate, "23514") == 0);
+}
+
+static bool key_conflict(pgtx_status st, const pgtx_error *err, const order_arg *a)
+{
+    return st == PGTX_UNIQUE_VIOLATION && a->key &&
+           strcmp(err->constraint_name, "orders_idempotency_key") == 0;
+}
+
+/* Tries in all when an order keeps being refused for no reason the reads
+   can see (what refused it kept rolling back before they looked). */
+#define ORDER_TRIES 3
+
+/* Runs the order until it is written, replayed or refused for a reason. */
+static pgtx_status order_run(shop_ctx *ctx, order_arg *a, pgtx_run_info *info,
+                             pgtx_error *err)
+{
+    pgtx_status st = PGTX_OK;
+    for (int i = 0; i < ORDER_TRIES; i++) {
+        st = run_raw(ctx, engine_for(ctx), order_tx, a, info, err);
+        if (key_conflict(st, err, a))
+            return run_raw(ctx, ctx->app->reader, replay_tx, a, info, err);
+        if (!order_refused(st, err, a))
+            return st;
+        /* read-only and not the request's write: not counted as one */
+        pgtx_run_info why;
+        st = pgtx_run(ctx->app->reader, explain_tx, a, &why, err);
+        if (st != PGTX_OK || a->replayed)
+            return st;
+    }
+    reply_retry_exhausted(ctx->res, "the order kept being refused for a reason "
+                          "that did not last");
+    return PGTX_ABORTED;
+}
+
 void orders_create(shop_ctx *ctx)
 {
     shop_body b;
@@ -339,18 +424,19 @@ void orders_create(shop_ctx *ctx)
     body_free(&b);
     if (!key_valid(ctx, a.key) || !auth_may_act_for(ctx, a.account))
         return;
+    a.account_s = num_of(a.account);
+    a.product_s = num_of(a.product);
+    a.quantity_s = num_of(a.quantity);
+    a.coupon_s = num_of(a.coupon);
     request_hash(&a);
     pgtx_run_info info;
     pgtx_error err;
-    pgtx_status st = run_raw(ctx, engine_for(ctx), order_tx, &a, &info, &err);
-    if (st == PGTX_UNIQUE_VIOLATION && a.key &&
-        strstr(err.message, "orders_idempotency_key") != NULL)
-        st = run_raw(ctx, ctx->app->reader, replay_tx, &a, &info, &err);
+    pgtx_status st = order_run(ctx, &a, &info, &err);
     if (st == PGTX_OK)
         order_reply(ctx, &a);
-    else
+    else if (a.fault.status || st != PGTX_ABORTED)
         reply_failure(ctx->res, st, &info, &err, &a.fault);
-    PQclear(a.row);
+    order_reset(&a);
 }
 
 void orders_get(shop_ctx *ctx)

@@ -30,10 +30,14 @@ void products_get(shop_ctx *ctx)
                 "product", NULL);
 }
 
+#define RESTOCK_RECORD                                                         \
+    "INSERT INTO restock (product_id, quantity) SELECT id, $2::bigint FROM c"
+
 static const shop_bump RESTOCK = {
     .counter = &COUNTER_STOCK,
     .field = "quantity",
-    .history = "INSERT INTO restock (product_id, quantity) VALUES ($1, $2)",
+    .atomic = BUMP_ATOMIC_SQL("product", "stock", PRODUCT_COLUMNS, RESTOCK_RECORD),
+    .set = BUMP_SET_SQL("product", "stock", PRODUCT_COLUMNS, RESTOCK_RECORD),
     .overflow = "the stock plus the quantity",
 };
 

@@ -60,8 +60,10 @@ typedef struct shop_config {
     const char *data_dir;     /* embedded cluster folder (PGTX_DATA_DIR) */
     int threads;              /* worker threads */
     int queue_size;           /* requests waiting for a worker, then 503 */
-    int pool_size;
+    int pool_size;            /* 0 until parsed: then --threads unless given */
     int max_overflow;
+    int idle_timeout_ms;      /* overflow kept open this long unused */
+    int statement_cache;      /* statements prepared per connection; 0: none */
     int pool_timeout_ms;      /* checkout timeout -> 503 overloaded */
     int db_timeout_ms;        /* socket timeout: no answer -> 503; 0: none */
     shop_strategy strategy;   /* default write strategy */

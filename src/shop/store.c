@@ -126,83 +126,35 @@ bool fetch_by_id(shop_ctx *ctx, const char *sql, const char *what, PGresult **ou
 
 /* ---- counters ------------------------------------------------------------------ */
 
-/* Every statement a strategy needs for one counter column; table, column
-   and RETURNING list are compile-time text, never input.  The lock is FOR
-   NO KEY UPDATE: inserting an order, claim or ledger row takes a KEY SHARE
-   lock on the row it references, which FOR UPDATE would wait for — and two
-   orders each waiting for the other's KEY SHARE is a deadlock. */
-#define COUNTER(what, table, col, ret)                                          \
+/* The lock is FOR NO KEY UPDATE: inserting an order, claim or ledger row
+   takes a KEY SHARE lock on the row it references, which FOR UPDATE would
+   wait for — and two orders each waiting for the other's KEY SHARE is a
+   deadlock.  Table and column are compile-time text, never input. */
+#define COUNTER(what, table, col)                                              \
     {                                                                          \
-        what,                                                                  \
-        "UPDATE " table " SET " col " = " col " + $2, version = version + 1 "  \
-        "WHERE id = $1 AND " col " + $2 >= 0 RETURNING " ret,                  \
-        "SELECT " col " FROM " table " WHERE id = $1",                         \
-        "SELECT " col ", version FROM " table " WHERE id = $1",                \
-        "SELECT " col ", version FROM " table " WHERE id = $1 "                \
-        "FOR NO KEY UPDATE",                                                   \
-        "UPDATE " table " SET " col " = $2, version = version + 1 "            \
-        "WHERE id = $1 RETURNING " ret,                                        \
-        "UPDATE " table " SET " col " = $2, version = version + 1 "            \
-        "WHERE id = $1 AND version = $3 RETURNING " ret                        \
+        what, "SELECT " col ", version FROM " table " WHERE id = $1::bigint",  \
+        "SELECT " col ", version FROM " table " WHERE id = $1::bigint"         \
+        " FOR NO KEY UPDATE"                                                   \
     }
 
-const counter_sql COUNTER_BALANCE =
-    COUNTER("account", "account", "balance", ACCOUNT_COLUMNS);
-const counter_sql COUNTER_STOCK =
-    COUNTER("product", "product", "stock", PRODUCT_COLUMNS);
-const counter_sql COUNTER_REMAINING =
-    COUNTER("coupon", "coupon", "remaining", COUPON_COLUMNS);
+const counter_sql COUNTER_BALANCE = COUNTER("account", "account", "balance");
+const counter_sql COUNTER_STOCK = COUNTER("product", "product", "stock");
+const counter_sql COUNTER_REMAINING = COUNTER("coupon", "coupon", "remaining");
 
-static void keep_row(PGresult **row, PGresult *r)
+pgtx_status counter_queue_read(pgtx_tx *tx, const counter_sql *sql,
+                               shop_strategy s, const char *id, PGresult **out,
+                               pgtx_error *err)
 {
-    if (row)
-        *row = r;
-    else
-        PQclear(r);
+    return pgtx_queue(tx, s == SHOP_LOCK ? sql->lock : sql->read, 1, &id, out, err);
 }
 
-/* atomic: one guarded statement, no read; zero rows is explained after. */
-static pgtx_status counter_atomic(pgtx_tx *tx, const counter_sql *sql,
-                                  const char *const params[2], counter_result *out,
-                                  PGresult **row, pgtx_error *err)
+counter_result counter_next(const PGresult *read, int64_t delta, int64_t *next,
+                            int64_t *version)
 {
-    PGresult *r = NULL;
-    pgtx_status st = pgtx_query(tx, sql->atomic, 2, params, &r, err);
-    if (st != PGTX_OK)
-        return st;
-    if (PQntuples(r) == 1) {
-        *out = COUNTER_DONE;
-        keep_row(row, r);
-        return PGTX_OK;
-    }
-    PQclear(r);
-    st = pgtx_query(tx, sql->peek, 1, params, &r, err);
-    if (st != PGTX_OK)
-        return st;
-    *out = PQntuples(r) == 1 ? COUNTER_FLOOR : COUNTER_MISSING;
-    PQclear(r);
-    return PGTX_OK;
-}
-
-/* The value and version of the row (locked for the lock strategy). */
-static pgtx_status counter_read(pgtx_tx *tx, const counter_sql *sql,
-                                shop_strategy s, const char *id, bool *found,
-                                int64_t value_version[2], pgtx_error *err)
-{
-    PGresult *r = NULL;
-    pgtx_status st = pgtx_query(tx, s == SHOP_LOCK ? sql->lock : sql->read, 1,
-                                &id, &r, err);
-    if (st != PGTX_OK)
-        return st;
-    *found = PQntuples(r) == 1 &&
-             pgtx_result_int64(r, 0, 0, &value_version[0]) == PGTX_OK &&
-             pgtx_result_int64(r, 0, 1, &value_version[1]) == PGTX_OK;
-    PQclear(r);
-    return PGTX_OK;
-}
-
-static counter_result counter_next(int64_t value, int64_t delta, int64_t *next)
-{
+    int64_t value;
+    if (pgtx_result_int64(read, 0, 0, &value) != PGTX_OK ||
+        pgtx_result_int64(read, 0, 1, version) != PGTX_OK)
+        return COUNTER_MISSING;
     if ((delta > 0 && value > INT64_MAX - delta) ||
         (delta < 0 && value < INT64_MIN - delta))
         return COUNTER_OVERFLOW;
@@ -210,47 +162,17 @@ static counter_result counter_next(int64_t value, int64_t delta, int64_t *next)
     return *next < 0 ? COUNTER_FLOOR : COUNTER_DONE;
 }
 
-/* lock, optimistic, serializable and naive: read, compute here, write the
-   new value back.  What keeps it correct differs: the row lock, the version
-   check (a lost race is STALE, retried), SERIALIZABLE's 40001 — and for
-   naive nothing, which is the point of it. */
-static pgtx_status counter_rmw(pgtx_tx *tx, const counter_sql *sql,
-                               shop_strategy s, const char *id, int64_t delta,
-                               counter_result *out, PGresult **row,
-                               pgtx_error *err)
+pgtx_status rmw_write(pgtx_tx *tx, shop_strategy s, const char *sql, int n,
+                      const char *const *params, PGresult **out, pgtx_error *err)
 {
-    bool found = false;
-    int64_t vv[2], next = 0;
-    pgtx_status st = counter_read(tx, sql, s, id, &found, vv, err);
-    if (st != PGTX_OK || !found) {
-        *out = COUNTER_MISSING;
-        return st;
-    }
-    *out = counter_next(vv[0], delta, &next);
-    if (*out != COUNTER_DONE)
-        return PGTX_OK;
-    shop_num n = num_of(next), v = num_of(vv[1]);
-    const char *p[3] = {id, n.s, v.s};
-    PGresult *r = NULL;
-    st = s == SHOP_OPTIMISTIC
-             ? pgtx_query_expect(tx, sql->write_if, 3, p, 1, &r, err)
-             : pgtx_query(tx, sql->write, 2, p, &r, err);
-    if (st == PGTX_OK)
-        keep_row(row, r);
-    return st;
+    if (s != SHOP_OPTIMISTIC)
+        return pgtx_queue(tx, sql, n, params, out, err);
+    return pgtx_query_expect(tx, sql, n, params, 1, out, err);
 }
 
-pgtx_status counter_add(pgtx_tx *tx, const counter_sql *sql, shop_strategy s,
-                        int64_t id, int64_t delta, counter_result *out,
-                        PGresult **row, pgtx_error *err)
+const char *rmw_version(shop_strategy s, const shop_num *version)
 {
-    shop_num i = num_of(id), d = num_of(delta);
-    const char *params[2] = {i.s, d.s};
-    if (row)
-        *row = NULL;
-    if (s == SHOP_ATOMIC)
-        return counter_atomic(tx, sql, params, out, row, err);
-    return counter_rmw(tx, sql, s, i.s, delta, out, row, err);
+    return s == SHOP_OPTIMISTIC ? version->s : NULL;
 }
 
 pgtx_status counter_fault(shop_fault *f, pgtx_error *err, const counter_sql *sql,
@@ -301,27 +223,44 @@ typedef struct bump_arg {
     const shop_bump *bump;
     int64_t id, delta;
     shop_strategy strategy;
+    PGresult *read;  /* the read-modify-write strategies' read, owned */
     PGresult *row;   /* out, owned: the row after the change */
     shop_fault fault;
 } bump_arg;
 
+/* Read, compute, write: the write leaves with COMMIT (optimistic: before
+   it, checked). */
+static pgtx_status bump_rmw(pgtx_tx *tx, bump_arg *a, const shop_num *id,
+                            const shop_num *delta, pgtx_error *err)
+{
+    const counter_sql *counter = a->bump->counter;
+    pgtx_status st = counter_queue_read(tx, counter, a->strategy, id->s, &a->read, err);
+    st = st != PGTX_OK ? st : pgtx_flush(tx, err);
+    if (st != PGTX_OK)
+        return st;
+    int64_t next = 0, version = 0;
+    counter_result cr = counter_next(a->read, a->delta, &next, &version);
+    if (cr != COUNTER_DONE)
+        return counter_fault(&a->fault, err, counter, a->id, cr, "conflict",
+                             "it would go below 0");
+    shop_num n = num_of(next), v = num_of(version);
+    const char *params[4] = {id->s, delta->s, n.s, rmw_version(a->strategy, &v)};
+    return rmw_write(tx, a->strategy, a->bump->set, 4, params, &a->row, err);
+}
+
 static pgtx_status bump_tx(pgtx_tx *tx, void *p, pgtx_error *err)
 {
     bump_arg *a = p;
-    counter_result cr;
     result_reset(&a->row);
+    result_reset(&a->read);
     fault_reset(&a->fault);
     a->fault.overflow = a->bump->overflow;
-    pgtx_status st = counter_add(tx, a->bump->counter, a->strategy, a->id,
-                                 a->delta, &cr, &a->row, err);
-    if (st == PGTX_OK && cr != COUNTER_DONE)
-        return counter_fault(&a->fault, err, a->bump->counter, a->id, cr,
-                             "conflict", "it would go below 0");
-    if (st != PGTX_OK)
-        return st;
     shop_num id = num_of(a->id), delta = num_of(a->delta);
+    if (a->strategy != SHOP_ATOMIC)
+        return bump_rmw(tx, a, &id, &delta, err);
+    /* one statement, sent with BEGIN and COMMIT: one round trip */
     const char *params[2] = {id.s, delta.s};
-    return pgtx_query(tx, a->bump->history, 2, params, NULL, err);
+    return pgtx_queue(tx, a->bump->atomic, 2, params, &a->row, err);
 }
 
 void bump_handle(shop_ctx *ctx, const shop_bump *bump)
@@ -333,7 +272,13 @@ void bump_handle(shop_ctx *ctx, const shop_bump *bump)
     bump_arg a = {.bump = bump, .id = ctx->id, .delta = b.num[0],
                   .strategy = ctx->strategy};
     body_free(&b);
-    if (run_tx(ctx, engine_for(ctx), bump_tx, &a, &a.fault))
-        reply_row(ctx->res, 200, a.row);
+    if (run_tx(ctx, engine_for(ctx), bump_tx, &a, &a.fault)) {
+        if (PQntuples(a.row) == 1)
+            reply_row(ctx->res, 200, a.row);
+        else /* atomic: no such row, so nothing was changed */
+            reply_error(ctx->res, 404, "not_found", "%s %lld not found",
+                        bump->counter->what, (long long)a.id);
+    }
     PQclear(a.row);
+    PQclear(a.read);
 }

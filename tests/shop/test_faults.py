@@ -225,8 +225,21 @@ class PgProxy:
             with self.lock:
                 self.pairs.discard(p)
 
+    @staticmethod
+    def _is_commit(typ, body):
+        """COMMIT as a simple Query, or as the Parse of an extended-protocol
+        statement (libpgtx pipelines it behind the transaction's statements:
+        cutting there cuts after they ran, before COMMIT did)."""
+        if typ == b"Q":
+            sql = body.rstrip(b"\0")
+        elif typ == b"P":
+            sql = body.split(b"\0", 2)[1] if body.count(b"\0") >= 2 else b""
+        else:
+            return False
+        return sql.strip().upper() == b"COMMIT"
+
     def _take_cut(self, typ, body):
-        if typ != b"Q" or body.rstrip(b"\0").strip().upper() != b"COMMIT":
+        if not self._is_commit(typ, body):
             return None
         with self.lock:
             where, self.cut = self.cut, None

@@ -217,7 +217,10 @@ def main(h):
 
 
 def run(h, b):
-    flags = ["--pool-size", "8", "--max-overflow", "0", "--pool-timeout-ms", "10000"]
+    # Transaction mode moves a client among server connections between
+    # transactions: a statement prepared on one is unknown on the next.
+    flags = ["--pool-size", "8", "--max-overflow", "0", "--pool-timeout-ms", "10000",
+             "--statement-cache", "0"]
     a = h.start_server(database=b.dsn(), extra=flags)
     h.default_addr = a.addr
     h.start_server("127.0.0.1:%d" % a.port, extra=flags, database=b.dsn())
