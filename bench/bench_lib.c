@@ -1,5 +1,6 @@
-/* bench_lib.c — what the runner costs: a one-statement transaction through
- * pgtx_run against the same statements over raw libpq, in the same run.
+/* bench_lib.c — what the runner costs: a one-statement read transaction
+ * and a four-statement write transaction through pgtx_run, against the same
+ * statements over raw libpq, in the same run.
  *
  *   bench-lib [--seconds S] [--rounds R] [--threads 1,8] [CONNINFO]
  *
@@ -147,19 +148,148 @@ static int via_pgtx(worker *w)
     return 0; /* counted from the pool's statistics instead */
 }
 
+/* ---- the write: four statements, no decision in between ---------------------- */
+
+/* Move 1 from one row to another and log it, then read the first back:
+   what an order or a transfer does.  The lower id is updated first, so
+   that no two transactions deadlock. */
+static const char *const WRITE_SQL[4] = {
+    "UPDATE pgtx_bench SET v = v - 1 WHERE id = $1::int",
+    "UPDATE pgtx_bench SET v = v + 1 WHERE id = $1::int",
+    "INSERT INTO pgtx_bench_log (a, b) VALUES ($1::int, $2::int)",
+    "SELECT v FROM pgtx_bench WHERE id = $1::int",
+};
+
+typedef struct write_ids {
+    char a[16], b[16];
+} write_ids;
+
+static void next_pair(worker *w, write_ids *ids)
+{
+    int x = 1 + (int)(rand_r(&w->seed) % ROWS), y = 1 + (int)(rand_r(&w->seed) % ROWS);
+    snprintf(ids->a, sizeof ids->a, "%d", x < y ? x : y);
+    snprintf(ids->b, sizeof ids->b, "%d", x < y ? y : x);
+}
+
+/* The parameters of statement i. */
+static int write_params(const write_ids *ids, int i, const char *p[2])
+{
+    p[0] = i == 1 ? ids->b : ids->a;
+    p[1] = ids->b;
+    return i == 2 ? 2 : 1;
+}
+
+/* Statement by statement, unprepared: six round trips, as most code does. */
+static int raw_write_six(worker *w)
+{
+    write_ids ids;
+    next_pair(w, &ids);
+    must(w->pg, PQexec(w->pg, "BEGIN"));
+    for (int i = 0; i < 4; i++) {
+        const char *p[2];
+        int n = write_params(&ids, i, p);
+        must(w->pg, PQexecParams(w->pg, WRITE_SQL[i], n, NULL, p, NULL, NULL, 0));
+    }
+    must(w->pg, PQexec(w->pg, "COMMIT"));
+    return 6;
+}
+
+/* Hand-written best: statements prepared once per connection, then BEGIN,
+   the four and COMMIT in one pipeline: one round trip. */
+static void raw_prepare_writes(PGconn *pg)
+{
+    for (int i = 0; i < 4; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "w%d", i);
+        must(pg, PQprepare(pg, name, WRITE_SQL[i], 0, NULL));
+    }
+}
+
+static int raw_write_one(worker *w)
+{
+    write_ids ids;
+    next_pair(w, &ids);
+    PQenterPipelineMode(w->pg);
+    PQsendQueryParams(w->pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+    for (int i = 0; i < 4; i++) {
+        const char *p[2];
+        char name[16];
+        snprintf(name, sizeof name, "w%d", i);
+        int n = write_params(&ids, i, p);
+        PQsendQueryPrepared(w->pg, name, n, p, NULL, NULL, 0);
+    }
+    PQsendQueryParams(w->pg, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+    PQpipelineSync(w->pg);
+    pipeline_read(w->pg, 6);
+    PQexitPipelineMode(w->pg);
+    return 1;
+}
+
+typedef struct write_arg {
+    write_ids ids;
+    PGresult *balance; /* the SELECT's result, arriving with COMMIT's */
+} write_arg;
+
+static pgtx_status write_four(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    write_arg *a = p;
+    pgtx_status st = PGTX_OK;
+    for (int i = 0; i < 4 && st == PGTX_OK; i++) {
+        const char *params[2];
+        int n = write_params(&a->ids, i, params);
+        st = pgtx_queue(tx, WRITE_SQL[i], n, params, i == 3 ? &a->balance : NULL, err);
+    }
+    return st; /* the runner sends the four with BEGIN and COMMIT */
+}
+
+static int via_pgtx_write(worker *w)
+{
+    write_arg a = {.balance = NULL};
+    next_pair(w, &a.ids);
+    pgtx_error err;
+    if (pgtx_run(w->engine, write_four, &a, NULL, &err) != PGTX_OK)
+        die("pgtx_run", err.message);
+    if (a.balance == NULL || PQntuples(a.balance) != 1)
+        die("pgtx_run", "the queued SELECT's result did not arrive");
+    PQclear(a.balance);
+    return 0;
+}
+
 typedef struct mode {
     const char *name;
     int (*tx)(worker *w);
     bool pooled;
 } mode;
 
-static const mode MODES[] = {
+/* A workload: its modes, the first what most code writes, `same_wire` the
+   raw libpq mode that sends what pgtx sends. */
+typedef struct workload {
+    const char *title;
+    const mode *modes;
+    int n_modes, same_wire;
+    void (*prepare)(PGconn *pg); /* per raw connection, or NULL */
+} workload;
+
+static const mode READ_MODES[] = {
     {"libpq BEGIN/SELECT/COMMIT", raw_three, false},
     {"libpq pipelined BEGIN+SELECT, COMMIT", raw_two, false},
     {"libpq all in one pipeline", raw_one, false},
     {"pgtx_run (pool + runner)", via_pgtx, true},
 };
-enum { N_MODES = sizeof MODES / sizeof MODES[0] };
+
+static const mode WRITE_MODES[] = {
+    {"libpq 6 round trips, unprepared", raw_write_six, false},
+    {"libpq one pipeline, prepared", raw_write_one, false},
+    {"pgtx_run + pgtx_queue", via_pgtx_write, true},
+};
+
+static const workload WORKLOADS[] = {
+    {"One-statement read transaction (SELECT by primary key)", READ_MODES, 4, 1, NULL},
+    {"Four-statement write transaction (2 UPDATEs, INSERT, SELECT; no decision "
+     "in between)", WRITE_MODES, 3, 1, raw_prepare_writes},
+};
+enum { MAX_MODES = 4 };
+
 
 /* ---- running ---------------------------------------------------------------- */
 
@@ -230,8 +360,10 @@ static int cmp_double(const void *a, const void *b)
 static void setup_table(void)
 {
     PGconn *pg = connect_raw();
-    must(pg, PQexec(pg, "DROP TABLE IF EXISTS pgtx_bench"));
+    must(pg, PQexec(pg, "DROP TABLE IF EXISTS pgtx_bench, pgtx_bench_log"));
     must(pg, PQexec(pg, "CREATE TABLE pgtx_bench (id int PRIMARY KEY, v int)"));
+    must(pg, PQexec(pg, "CREATE TABLE pgtx_bench_log (id bigserial PRIMARY KEY, "
+                        "a int NOT NULL, b int NOT NULL)"));
     must(pg, PQexec(pg, "INSERT INTO pgtx_bench SELECT g, g FROM generate_series(1, 1000) g"));
     must(pg, PQexec(pg, "ANALYZE pgtx_bench"));
     PQfinish(pg);
@@ -253,38 +385,55 @@ static pgtx_engine *make_engine(int threads, pgtx_pool **pool)
     return e;
 }
 
-static void bench_threads(int threads)
+static void bench_threads(const workload *wl, int threads)
 {
     pgtx_pool *pool = NULL;
     pgtx_engine *engine = make_engine(threads, &pool);
     PGconn *raw[MAX_THREADS];
-    for (int i = 0; i < threads; i++)
+    for (int i = 0; i < threads; i++) {
         raw[i] = connect_raw();
-    double tps[N_MODES][MAX_ROUNDS], cpu[N_MODES][MAX_ROUNDS];
-    double trips[N_MODES] = {0};
-    run_once(&MODES[N_MODES - 1], threads, engine, raw); /* warm the pool */
+        if (wl->prepare)
+            wl->prepare(raw[i]);
+    }
+    int n = wl->n_modes;
+    double tps[MAX_MODES][MAX_ROUNDS], cpu[MAX_MODES][MAX_ROUNDS];
+    double trips[MAX_MODES] = {0};
+    run_once(&wl->modes[n - 1], threads, engine, raw); /* warm the pool */
     for (int r = 0; r < rounds; r++)
-        for (int m = 0; m < N_MODES; m++) {
-            result res = run_once(&MODES[m], threads, engine, raw);
+        for (int m = 0; m < n; m++) {
+            result res = run_once(&wl->modes[m], threads, engine, raw);
             tps[m][r] = res.tps;
             cpu[m][r] = res.cpu_us_per_tx;
             trips[m] = res.trips_per_tx;
         }
-    double median[N_MODES], cpu_med[N_MODES];
-    for (int m = 0; m < N_MODES; m++) {
+    double median[MAX_MODES], cpu_med[MAX_MODES];
+    for (int m = 0; m < n; m++) {
         qsort(tps[m], (size_t)rounds, sizeof(double), cmp_double);
         qsort(cpu[m], (size_t)rounds, sizeof(double), cmp_double);
         median[m] = tps[m][rounds / 2];
         cpu_med[m] = cpu[m][rounds / 2];
     }
-    for (int m = 0; m < N_MODES; m++)
+    for (int m = 0; m < n; m++)
         printf("| %-38s | %7d | %10.0f | %11.2f | %13.3f | %13.3f | %9.1f |\n",
-               MODES[m].name, threads, median[m], trips[m], median[m] / median[0],
-               median[m] / median[1], cpu_med[m]);
+               wl->modes[m].name, threads, median[m], trips[m], median[m] / median[0],
+               median[m] / median[wl->same_wire], cpu_med[m]);
     for (int i = 0; i < threads; i++)
         PQfinish(raw[i]);
     pgtx_engine_destroy(engine);
     pgtx_pool_destroy(pool);
+}
+
+static void bench_workload(const workload *wl, const int *threads, int n_threads)
+{
+    printf("%s, median of %d rounds of %.1f s, durability as configured on the "
+           "server.\n\n", wl->title, rounds, seconds);
+    printf("| %-38s | threads | tx/s       | round trips | vs first      | vs same wire  | client us |\n",
+           "mode");
+    printf("|%s|---------|------------|-------------|---------------|---------------|-----------|\n",
+           "----------------------------------------");
+    for (int i = 0; i < n_threads; i++)
+        bench_threads(wl, threads[i]);
+    printf("\n");
 }
 
 static int parse_threads(const char *list, int *out, int max)
@@ -323,17 +472,12 @@ int main(int argc, char **argv)
     if (seconds <= 0 || seconds > 600 || rounds < 1 || rounds > MAX_ROUNDS)
         die("usage", "--seconds must be in (0, 600], --rounds in [1, 15]");
     setup_table();
-    printf("One-statement read transaction (SELECT by primary key), median of %d "
-           "rounds of %.1f s, durability as configured on the server.\n\n",
-           rounds, seconds);
-    printf("| %-38s | threads | tx/s       | round trips | vs BEGIN/SEL/ | vs same wire  | client us |\n",
-           "mode");
-    printf("|%s|---------|------------|-------------|---------------|---------------|-----------|\n",
-           "----------------------------------------");
-    for (int i = 0; i < n_threads; i++)
-        bench_threads(threads[i]);
-    printf("\n'vs same wire' compares with raw libpq sending exactly what pgtx sends:\n"
-           "1 - that ratio is the library's overhead.  'client us' is this process's\n"
-           "CPU time per transaction (all threads), the part the library can add to.\n");
+    for (size_t w = 0; w < sizeof WORKLOADS / sizeof WORKLOADS[0]; w++)
+        bench_workload(&WORKLOADS[w], threads, n_threads);
+    printf("'vs first' compares with the first mode of its table (what most code\n"
+           "writes); 'vs same wire' with raw libpq sending exactly what pgtx sends\n"
+           "(1 - that ratio is the library's overhead).  'client us' is this\n"
+           "process's CPU time per transaction (all threads), the part the library\n"
+           "can add to.\n");
     return 0;
 }

@@ -77,28 +77,26 @@ static bool account_token(const char *t, int64_t *id, const char **secret)
 
 typedef struct lookup_arg {
     const char *id;                       /* the account, as text */
-    bool found;                           /* out */
-    unsigned char hash[SHOP_HASH_BYTES];  /* out: its token hash */
+    PGresult *row;                        /* out: its token hash, hex */
 } lookup_arg;
 
+/* Queued: BEGIN, the lookup and COMMIT make one round trip. */
 static pgtx_status lookup_tx(pgtx_tx *tx, void *p, pgtx_error *err)
 {
     lookup_arg *a = p;
-    PGresult *r = NULL;
+    result_reset(&a->row);
+    return pgtx_queue(tx, "SELECT encode(token_hash, 'hex') FROM account WHERE id = $1",
+                      1, &a->id, &a->row, err);
+}
+
+/* The account's token hash out of the lookup's row; false when none. */
+static bool looked_up_hash(const PGresult *r, unsigned char hash[SHOP_HASH_BYTES])
+{
     size_t len = 0;
-    a->found = false;
-    pgtx_status st = pgtx_query(tx, "SELECT encode(token_hash, 'hex') FROM account "
-                                    "WHERE id = $1",
-                                1, &a->id, &r, err);
-    if (st != PGTX_OK)
-        return st;
-    if (PQntuples(r) == 1 &&
-        sodium_hex2bin(a->hash, sizeof a->hash, PQgetvalue(r, 0, 0),
-                       (size_t)PQgetlength(r, 0, 0), NULL, &len, NULL) == 0 &&
-        len == sizeof a->hash)
-        a->found = true;
-    PQclear(r);
-    return PGTX_OK;
+    return PQntuples(r) == 1 &&
+           sodium_hex2bin(hash, SHOP_HASH_BYTES, PQgetvalue(r, 0, 0),
+                          (size_t)PQgetlength(r, 0, 0), NULL, &len, NULL) == 0 &&
+           len == SHOP_HASH_BYTES;
 }
 
 /* An account token: its hash against the account's, by primary key. */
@@ -114,12 +112,15 @@ static bool identify_account(shop_ctx *ctx, const char *token)
     pgtx_error err;
     pgtx_status st = pgtx_run(ctx->app->reader, lookup_tx, &a, &info, &err);
     if (st != PGTX_OK) {
+        PQclear(a.row);
         reply_failure(ctx->res, st, &info, &err, NULL);
         return false;
     }
-    unsigned char h[SHOP_HASH_BYTES];
+    unsigned char h[SHOP_HASH_BYTES], stored[SHOP_HASH_BYTES];
+    bool found = looked_up_hash(a.row, stored);
+    PQclear(a.row);
     hash_text(secret, SHOP_SECRET_LEN, h);
-    if (a.found && sodium_memcmp(h, a.hash, sizeof h) == 0) {
+    if (found && sodium_memcmp(h, stored, sizeof h) == 0) {
         ctx->role = SHOP_ROLE_ACCOUNT;
         ctx->account_id = id;
     }

@@ -201,7 +201,8 @@ pgtx_status stmt_tx(pgtx_tx *tx, void *p, pgtx_error *err)
 {
     stmt_arg *a = p;
     result_reset(&a->rows);
-    return pgtx_query(tx, a->sql, a->n, a->params, &a->rows, err);
+    /* with BEGIN and COMMIT: one round trip */
+    return pgtx_queue(tx, a->sql, a->n, a->params, &a->rows, err);
 }
 
 void bytea_hex(const unsigned char hash[SHOP_HASH_BYTES],

@@ -360,6 +360,35 @@ def main(h):
             check(T.get_coupon(k["id"])["remaining"] == 1, "remaining under " + s)
         T.h.check_invariants(what="after the strategy loop")
 
+    with T.section("round trips: atomic writes in one, the others in as few as their reads allow"):
+        def round_trips():
+            text = T.request("GET", "/metrics", token=None).body.decode()
+            return int(next(line.split()[-1] for line in text.splitlines()
+                            if line.startswith("pgtx_shop_pool_round_trips_total ")))
+
+        def trips_of(what, call):
+            before = round_trips()
+            call()
+            return round_trips() - before
+
+        p = T.product(price=1, stock=100)
+        k = T.coupon(discount=0, quantity=100)
+        # reads, then the write with COMMIT; optimistic checks its versions
+        # before COMMIT
+        for s, want in (("atomic", 1), ("lock", 2), ("serializable", 2), ("optimistic", 3)):
+            a = T.account(1000)
+            got = [trips_of("deposit", lambda: T.ok("POST", "/v1/accounts/%d/deposits" % a["id"],
+                                                    {"amount": 1}, headers={"Pgtx-Strategy": s})),
+                   trips_of("claim", lambda: T.ok("POST", "/v1/coupons/%d/claims" % k["id"],
+                                                  {"account_id": a["id"]}, status=201,
+                                                  headers={"Pgtx-Strategy": s})),
+                   trips_of("order", lambda: T.order(a, p, 1, strategy=s)),
+                   trips_of("order with key", lambda: T.order(a, p, 1, strategy=s, key=T.h.unique("rt")))]
+            check(got == [want] * 4,
+                  lambda: "round trips of deposit, claim, order, keyed order under %s: %r, want %d each"
+                  % (s, got, want))
+        T.h.check_invariants(what="after the round-trip counts")
+
     with T.section("healthz and metrics"):
         r = T.request("GET", "/healthz", token=None)
         check(r.status == 200, lambda: "GET /healthz: %r" % r)
