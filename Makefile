@@ -6,7 +6,7 @@ PREFIX     ?= /usr/local
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_TYPE ?= RelWithDebInfo
 
-.PHONY: all deps configure run test test-plain test-asan test-tsan bench-lib install clean
+.PHONY: all deps configure run test test-plain test-asan test-tsan bench-lib bench install clean
 
 all: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -52,6 +52,12 @@ test-tsan: deps
 
 bench-lib: all
 	scripts/with-pg.sh $(BUILD)/bench-lib --seconds 2 --rounds 7
+
+# pgtx-shop over HTTP against pgbench running the same SQL, on the service's
+# own embedded cluster (fsync on): one table in bench/results/shop-bench.txt.
+# make bench BENCH_ARGS=--quick is a 2-second-per-run smoke test.
+bench: all
+	python3 bench/shop_bench.py --build $(BUILD) $(BENCH_ARGS)
 
 install: configure
 	cmake --build $(BUILD) -j $(JOBS)
