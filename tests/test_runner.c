@@ -857,6 +857,53 @@ static void queued_commit_lost_is_unknown_not_retried(void **state)
     slow_commit_table_drop();
 }
 
+typedef struct gone_arg {
+    const char *app;
+    int calls;
+} gone_arg;
+
+/* The first attempt finds its own backend terminated after checkout (the
+   pool's check passed), then queues its insert: the server's goodbye comes
+   where BEGIN's answer was due. */
+static pgtx_status kill_then_queue(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    gone_arg *a = p;
+    if (++a->calls == 1) {
+        h_execf(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = '%s'", a->app);
+        assert_int_equal(h_wait_app_gone(admin, a->app, 5000), 0);
+    }
+    char sql[128];
+    snprintf(sql, sizeof sql, "INSERT INTO %s VALUES (340, 0)", tbl);
+    return pgtx_queue(tx, sql, 0, NULL, NULL, err);
+}
+
+/* A connection found dead before BEGIN ran: nothing of the round ran, even
+   with COMMIT in it, so it is retried (not COMMIT_UNKNOWN). */
+static void queued_round_on_a_dead_connection_is_retried(void **state)
+{
+    (void)state;
+    gone_arg a = {.app = h_unique("runner-gone")};
+    pgtx_pool *p = h_pool(1, 0, a.app);
+    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
+    pgtx_conn *c = NULL; /* open the one connection first */
+    assert_int_equal(pgtx_pool_checkout(p, 1000, &c, NULL), PGTX_OK);
+    pgtx_pool_return(c);
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = pgtx_run(e, kill_then_queue, &a, &info, &err);
+    if (st != PGTX_OK)
+        fail_msg("%s: %s", pgtx_status_name(st), err.message);
+    assert_int_equal(info.attempts, 2);
+    assert_int_equal(rows(), 1);
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(p, &s);
+    assert_int_equal(s.commit_unknown, 0);
+    assert_int_equal(s.retries_connection, 1);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+}
+
 /* ---- the statement cache ----------------------------------------------------- */
 
 static pgtx_pool *cache_pool(int size)
@@ -1054,6 +1101,7 @@ int main(void)
         cmocka_unit_test_setup(queued_statements_of_an_aborted_callback_are_rolled_back,
                                reset_table),
         cmocka_unit_test_setup(queued_commit_lost_is_unknown_not_retried, reset_table),
+        cmocka_unit_test_setup(queued_round_on_a_dead_connection_is_retried, reset_table),
         cmocka_unit_test_setup(statements_are_prepared_once_and_reused, reset_table),
         cmocka_unit_test_setup(the_least_recently_used_statement_is_evicted_and_deallocated,
                                reset_table),

@@ -81,8 +81,8 @@ PGresult *pgtx__wire_take(pgtx_conn *conn, const pgtx__sent *how, bool *stale);
 /* Queue the DEALLOCATEs of evicted statements, each with its own Sync so
    that one that fails (already gone) stops nothing; returns how many. */
 int pgtx__wire_send_deallocs(pgtx_conn *conn);
-/* Read the results of `n` of them. */
-void pgtx__wire_take_deallocs(pgtx_conn *conn, int n);
+/* Read the results of `n` of them; false when the connection broke. */
+bool pgtx__wire_take_deallocs(pgtx_conn *conn, int n);
 
 /* ---- pool internals used by the runner ---- */
 /* Counters the runner bumps; atomics so that no lock is taken for them. */

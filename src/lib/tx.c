@@ -130,7 +130,20 @@ static bool round_open(pgtx_tx *tx)
 
 /* ---- reading a round back ------------------------------------------------- */
 
-typedef enum taken { TAKEN_OK, TAKEN_SKIPPED, TAKEN_ERROR, TAKEN_BROKE } taken;
+/* How reading a result (or a round) went.  GONE: the connection was found
+   dead before the server began our transaction (its goodbye arrived where
+   BEGIN's answer was due), so nothing of this round ran: a retry is safe,
+   even with COMMIT in the round.  BROKE: it died somewhere after. */
+typedef enum taken { TAKEN_OK, TAKEN_SKIPPED, TAKEN_ERROR, TAKEN_GONE,
+                     TAKEN_BROKE } taken;
+
+/* The server said goodbye (FATAL, with a SQLSTATE) in BEGIN's place: it
+   answers in order, so it never got to BEGIN. */
+static bool gone_before_begin(const tx_item *it, const PGresult *r)
+{
+    return it->kind == ITEM_BEGIN && r != NULL &&
+           PQresultErrorField(r, PG_DIAG_SQLSTATE) != NULL;
+}
 
 /* One item's result, booked: BEGIN and COMMIT change the transaction's
    state, a statement's result is held, a failure is remembered (except in a
@@ -142,7 +155,7 @@ static taken take_item(pgtx_tx *tx, tx_item *it, round_end end, pgtx_error *e)
     PGresult *r = pgtx__wire_take(tx->conn, &it->how, &stale);
     if (r == NULL || PQstatus(tx->pg) != CONNECTION_OK) {
         describe(tx, r, e);
-        t = TAKEN_BROKE;
+        t = gone_before_begin(it, r) ? TAKEN_GONE : TAKEN_BROKE;
     } else if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
         t = TAKEN_SKIPPED; /* after an earlier failure, the one to report */
     } else if (!result_ok(r)) {
@@ -201,13 +214,16 @@ static void commit_unknown(pgtx_tx *tx, const pgtx_error *why)
 static taken round_read(pgtx_tx *tx, round_end end, pgtx_error *e)
 {
     taken worst = TAKEN_OK;
-    pgtx__wire_take_deallocs(tx->conn, tx->n_deallocs);
-    for (int i = 0; i < tx->n_items && worst != TAKEN_BROKE; i++) {
+    if (!pgtx__wire_take_deallocs(tx->conn, tx->n_deallocs)) {
+        describe(tx, NULL, e);
+        return TAKEN_GONE; /* dead before BEGIN was even reached */
+    }
+    for (int i = 0; i < tx->n_items && worst < TAKEN_GONE; i++) {
         taken t = take_item(tx, &tx->items[i], end, e);
-        if (t == TAKEN_BROKE || (t == TAKEN_ERROR && worst == TAKEN_OK))
+        if (t >= TAKEN_GONE || (t == TAKEN_ERROR && worst == TAKEN_OK))
             worst = t;
     }
-    if (worst != TAKEN_BROKE)
+    if (worst < TAKEN_GONE)
         PQclear(pgtx__get_result(tx->conn)); /* the Sync */
     return worst;
 }
@@ -227,12 +243,12 @@ static pgtx_status round_sync(pgtx_tx *tx, round_end end, pgtx_error *err)
     /* ERROR before the COMMIT means the server skipped it: not unknown. */
     taken how = sent ? round_read(tx, end, &e) : TAKEN_BROKE;
     tx->n_deallocs = 0;
-    if (how == TAKEN_BROKE && e.status == PGTX_OK)
+    if (how >= TAKEN_GONE && e.status == PGTX_OK)
         describe(tx, NULL, &e);
     if (how == TAKEN_BROKE && end == END_COMMIT && !tx->committed &&
         tx->failed == PGTX_OK)
         commit_unknown(tx, &e);
-    else if (how == TAKEN_BROKE && end != END_ROLLBACK)
+    else if (how >= TAKEN_GONE && end != END_ROLLBACK)
         tx_fail(tx, e.status, &e, NULL);
     deliver(tx, end);
     if (PQstatus(tx->pg) == CONNECTION_OK)

@@ -383,10 +383,11 @@ int pgtx__wire_send_deallocs(pgtx_conn *c)
     return sent;
 }
 
-void pgtx__wire_take_deallocs(pgtx_conn *c, int n)
+bool pgtx__wire_take_deallocs(pgtx_conn *c, int n)
 {
     for (int i = 0; i < n && PQstatus(c->pg) == CONNECTION_OK; i++) {
         PQclear(take_one(c));                /* DEALLOCATE: done or gone */
         PQclear(pgtx__get_result(c));        /* its Sync */
     }
+    return PQstatus(c->pg) == CONNECTION_OK;
 }
