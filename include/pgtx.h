@@ -428,6 +428,9 @@ typedef struct pgtx_run_info {
  * otherwise, return the connection, and retry as the engine's policy says.
  * A lost connection while COMMIT was in flight returns COMMIT_UNKNOWN and is
  * never retried.  `info` may be NULL.  Thread-safe (per engine).
+ * Its checkout skips the look at the socket (a system call) for a
+ * connection returned less than a second ago: one found dead in the first
+ * round trip ran nothing and is retried on another.
  */
 PGTX_API pgtx_status pgtx_run(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
                               pgtx_run_info *info, pgtx_error *err);

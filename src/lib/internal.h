@@ -104,6 +104,10 @@ typedef struct pgtx__tx_counters {
 } pgtx__tx_counters;
 
 pgtx__tx_counters *pgtx__pool_counters(pgtx_pool *pool);
+/* pgtx_pool_checkout with the pool's timeout that skips the look at the
+   socket of a connection returned less than a second ago (pool.c says why). */
+pgtx_status pgtx__pool_checkout_for_runner(pgtx_pool *pool, pgtx_conn **out,
+                                           pgtx_error *err);
 pgtx_pool *pgtx__conn_pool(const pgtx_conn *conn);
 /* Drain what the server sent unasked; false if the session is gone. */
 bool pgtx__conn_healthy(pgtx_conn *conn);

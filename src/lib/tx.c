@@ -119,7 +119,7 @@ static bool round_open(pgtx_tx *tx)
     tx->piping = true;
     tx->n_items = 0;
     tx->echo_len = 0;
-    tx->round_t0 = pgtx__now_us();
+    tx->round_t0 = pgtx__echo_on(tx->pool) ? pgtx__now_us() : 0;
     if (tx->begun)
         return true;
     tx->n_deallocs = pgtx__wire_send_deallocs(tx->conn);
@@ -447,7 +447,7 @@ static void tx_rollback(pgtx_tx *tx)
     if (!tx->begun || PQstatus(tx->pg) != CONNECTION_OK ||
         PQtransactionStatus(tx->pg) == PQTRANS_IDLE)
         return;
-    int64_t t0 = pgtx__now_us();
+    int64_t t0 = pgtx__echo_on(tx->pool) ? pgtx__now_us() : 0;
     pgtx__count_round_trip(tx->pool);
     PGresult *r = pgtx__exec(tx->conn, "ROLLBACK", -1, NULL);
     pgtx__echo(tx->pool, tx->conn, "ROLLBACK", pgtx__now_us() - t0);
@@ -477,7 +477,7 @@ static pgtx_status run_attempt(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
 {
     pgtx_pool *pool = pgtx_engine_pool_borrow(engine);
     pgtx_tx tx = {.engine = engine, .pool = pool, .attempt = attempt};
-    pgtx_status st = pgtx_pool_checkout(pool, -1, &tx.conn, e);
+    pgtx_status st = pgtx__pool_checkout_for_runner(pool, &tx.conn, e);
     if (st != PGTX_OK)
         return st;
     tx.pg = pgtx_conn_pg_borrow(tx.conn);

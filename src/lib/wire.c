@@ -20,6 +20,8 @@ static void await_result(pgtx_conn *c)
     int limit = pgtx__socket_timeout_ms(c->pool);
     if (limit <= 0 || c->timed_out || PQflush(pg) != 0)
         return; /* no limit, already shut, or broken: libpq tells the rest */
+    if (!PQisBusy(pg))
+        return; /* already here: no clock read, no wait (the hot path) */
     int64_t deadline = pgtx__now_us() + (int64_t)limit * 1000;
     while (PQisBusy(pg)) {
         int64_t left_ms = (deadline - pgtx__now_us() + 999) / 1000;
