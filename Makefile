@@ -55,7 +55,8 @@ bench-lib: all
 
 # pgtx-shop over HTTP against pgbench running the same SQL, on the service's
 # own embedded cluster (fsync on): one table in bench/results/shop-bench.txt.
-# make bench BENCH_ARGS=--quick is a 2-second-per-run smoke test.
+# make bench BENCH_ARGS="--quick --results build/bench-smoke" is a
+# 2-second-per-run smoke test that leaves the recorded run alone.
 bench: all
 	python3 bench/shop_bench.py --build $(BUILD) $(BENCH_ARGS)
 

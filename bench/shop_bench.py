@@ -815,8 +815,9 @@ def publish(args, meta, rows):
     text = report_text(meta, rows)
     # with --json -, stdout carries only the JSON document
     print(text, end="", flush=True, file=sys.stderr if args.json == "-" else sys.stdout)
-    write_atomically(os.path.join(RESULTS, "shop-bench.txt"), text)
-    write_atomically(os.path.join(RESULTS, "shop-bench.svg"), svg(meta, rows))
+    os.makedirs(args.results, exist_ok=True)
+    write_atomically(os.path.join(args.results, "shop-bench.txt"), text)
+    write_atomically(os.path.join(args.results, "shop-bench.svg"), svg(meta, rows))
     if args.json:
         doc = json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
         if args.json == "-":
@@ -857,6 +858,9 @@ def parse_args(argv):
                    help="before each run, wait up to S s for other loads on the "
                         "machine to stop (default 0: do not wait)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON ('-': stdout)")
+    p.add_argument("--results", default=RESULTS, metavar="DIR",
+                   help="where shop-bench.txt and .svg go (default bench/results, the "
+                        "recorded run the README quotes)")
     p.add_argument("--shop-args", default="", metavar="FLAGS",
                    help="more flags for pgtx-shop, e.g. '--threads 16 --strategy lock'")
     p.add_argument("--keep-data", action="store_true",

@@ -88,19 +88,30 @@ void h_execf(PGconn *pg, const char *fmt, ...)
     free(sql);
 }
 
+void h_pool_config(pgtx_pool_config *cfg, int size, int overflow,
+                   const char *application_name)
+{
+    pgtx_pool_config_init(cfg);
+    cfg->conninfo = h_dsn();
+    cfg->application_name = application_name;
+    cfg->pool_size = size;
+    cfg->max_overflow = overflow;
+}
+
+pgtx_pool *h_pool_from(const pgtx_pool_config *cfg)
+{
+    pgtx_pool *pool = NULL;
+    pgtx_error err;
+    pgtx_status st = pgtx_pool_create(cfg, &pool, &err);
+    assert_int_equal(st, PGTX_OK);
+    return pool;
+}
+
 pgtx_pool *h_pool(int size, int overflow, const char *application_name)
 {
     pgtx_pool_config cfg;
-    pgtx_pool_config_init(&cfg);
-    cfg.conninfo = h_dsn();
-    cfg.application_name = application_name;
-    cfg.pool_size = size;
-    cfg.max_overflow = overflow;
-    pgtx_pool *pool = NULL;
-    pgtx_error err;
-    pgtx_status st = pgtx_pool_create(&cfg, &pool, &err);
-    assert_int_equal(st, PGTX_OK);
-    return pool;
+    h_pool_config(&cfg, size, overflow, application_name);
+    return h_pool_from(&cfg);
 }
 
 pgtx_engine *h_engine(pgtx_pool *pool, pgtx_isolation iso)

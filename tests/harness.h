@@ -29,6 +29,11 @@ void h_execf(PGconn *pg, const char *fmt, ...) __attribute__((format(printf, 2, 
 
 /* A pool on the test server; the test fails if it cannot be made. */
 pgtx_pool *h_pool(int size, int overflow, const char *application_name);
+/* The same in two steps, to change a setting in between: the defaults on
+   the test server, then the pool (the test fails if it cannot be made). */
+void h_pool_config(pgtx_pool_config *cfg, int size, int overflow,
+                   const char *application_name);
+pgtx_pool *h_pool_from(const pgtx_pool_config *cfg);
 pgtx_engine *h_engine(pgtx_pool *pool, pgtx_isolation iso);
 
 /* Poll `cond(arg)` every few ms until it is true or `timeout_ms` passes. */

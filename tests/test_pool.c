@@ -230,15 +230,9 @@ static void connection_killed_while_borrowed_is_discarded(void **state)
 static pgtx_pool *overflow_pool(int idle_ms)
 {
     pgtx_pool_config cfg;
-    pgtx_pool_config_init(&cfg);
-    cfg.conninfo = h_dsn();
-    cfg.application_name = "pool-overflow";
-    cfg.pool_size = 1;
-    cfg.max_overflow = 1;
+    h_pool_config(&cfg, 1, 1, "pool-overflow");
     cfg.idle_timeout_ms = idle_ms;
-    pgtx_pool *pool = NULL;
-    assert_int_equal(pgtx_pool_create(&cfg, &pool, NULL), PGTX_OK);
-    return pool;
+    return h_pool_from(&cfg);
 }
 
 static void overflow_opens_under_load_and_closes_on_return(void **state)

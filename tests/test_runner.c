@@ -377,15 +377,9 @@ static void connection_lost_during_commit_is_unknown_not_retried(void **state)
 static pgtx_pool *silent_pool(int socket_timeout_ms)
 {
     pgtx_pool_config cfg;
-    pgtx_pool_config_init(&cfg);
-    cfg.conninfo = h_dsn();
-    cfg.application_name = "runner-silent";
-    cfg.pool_size = 1;
-    cfg.max_overflow = 0;
+    h_pool_config(&cfg, 1, 0, "runner-silent");
     cfg.socket_timeout_ms = socket_timeout_ms;
-    pgtx_pool *made = NULL;
-    assert_int_equal(pgtx_pool_create(&cfg, &made, NULL), PGTX_OK);
-    return made;
+    return h_pool_from(&cfg);
 }
 
 /* pg_sleep stands for a server or network that has gone quiet: from the
@@ -909,15 +903,9 @@ static void queued_round_on_a_dead_connection_is_retried(void **state)
 static pgtx_pool *cache_pool(int size)
 {
     pgtx_pool_config cfg;
-    pgtx_pool_config_init(&cfg);
-    cfg.conninfo = h_dsn();
-    cfg.application_name = "runner-cache";
-    cfg.pool_size = 1;
-    cfg.max_overflow = 0;
+    h_pool_config(&cfg, 1, 0, "runner-cache");
     cfg.statement_cache_size = size;
-    pgtx_pool *p = NULL;
-    assert_int_equal(pgtx_pool_create(&cfg, &p, NULL), PGTX_OK);
-    return p;
+    return h_pool_from(&cfg);
 }
 
 typedef struct sel_arg {
