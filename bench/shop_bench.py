@@ -739,8 +739,8 @@ def report_text(meta, rows):
         "client) over that window, per operation; p50/p99: per operation.",
         "invariants: API.md's, in SQL after each run, and every committed "
         "operation in the database exactly once.",
-        "pgtx-shop runs with its defaults (strategy atomic, 2 x cores worker "
-        "threads, at least 4): it runs at most that many transactions at once "
+        "pgtx-shop runs with its defaults (strategy atomic, 4 x cores worker "
+        "threads, at least 8): it runs at most that many transactions at once "
         "whatever the clients, where pgbench runs one per client.",
     ]
     extra = notes(rows)
