@@ -345,9 +345,10 @@ static void slow_commit_table_drop(void)
     h_execf(admin, "DROP TABLE %s_slow; DROP FUNCTION %s_sleep()", tbl, tbl);
 }
 
-static void connection_lost_during_commit_is_unknown_not_retried(void **state)
+/* `fn` inserts into the slow table; its backend is terminated while COMMIT
+   runs: unknown, never retried blindly, and the connection not kept. */
+static void check_commit_lost_is_unknown(pgtx_tx_fn fn)
 {
-    (void)state;
     slow_commit_table_create(5); /* the backend is terminated meanwhile */
     pgtx_pool *p = h_pool(1, 0, "runner-commit");
     pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
@@ -356,7 +357,7 @@ static void connection_lost_during_commit_is_unknown_not_retried(void **state)
     assert_int_equal(pthread_create(&t, NULL, kill_during_commit, &k), 0);
     pgtx_run_info info;
     pgtx_error err;
-    pgtx_status st = pgtx_run(e, insert_slow_commit, NULL, &info, &err);
+    pgtx_status st = pgtx_run(e, fn, NULL, &info, &err);
     pthread_join(t, NULL);
     assert_true(k.killed);
     assert_int_equal(st, PGTX_COMMIT_UNKNOWN);
@@ -370,6 +371,12 @@ static void connection_lost_during_commit_is_unknown_not_retried(void **state)
     pgtx_engine_destroy(e);
     pgtx_pool_destroy(p);
     slow_commit_table_drop();
+}
+
+static void connection_lost_during_commit_is_unknown_not_retried(void **state)
+{
+    (void)state;
+    check_commit_lost_is_unknown(insert_slow_commit);
 }
 
 /* ---- a server that stops answering --------------------------------------- */
@@ -829,26 +836,7 @@ static pgtx_status queue_insert_slow_commit(pgtx_tx *tx, void *p, pgtx_error *er
 static void queued_commit_lost_is_unknown_not_retried(void **state)
 {
     (void)state;
-    slow_commit_table_create(5);
-    pgtx_pool *p = h_pool(1, 0, "runner-commit");
-    pgtx_engine *e = h_engine(p, PGTX_READ_COMMITTED);
-    commit_killer k = {0, 0};
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, kill_during_commit, &k), 0);
-    pgtx_run_info info;
-    pgtx_error err;
-    pgtx_status st = pgtx_run(e, queue_insert_slow_commit, NULL, &info, &err);
-    pthread_join(t, NULL);
-    assert_true(k.killed);
-    assert_int_equal(st, PGTX_COMMIT_UNKNOWN);
-    assert_int_equal(info.attempts, 1);
-    pgtx_pool_stats s;
-    pgtx_pool_stats_get(p, &s);
-    assert_int_equal(s.commit_unknown, 1);
-    assert_int_equal(s.open, 0);
-    pgtx_engine_destroy(e);
-    pgtx_pool_destroy(p);
-    slow_commit_table_drop();
+    check_commit_lost_is_unknown(queue_insert_slow_commit);
 }
 
 typedef struct gone_arg {
