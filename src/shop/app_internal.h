@@ -167,6 +167,12 @@ pgtx_engine *engine_for(const shop_ctx *ctx);
    metrics.  Returns the status; *err says more. */
 pgtx_status run_raw(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
                     void *arg, pgtx_run_info *info, pgtx_error *err);
+/* run_raw for a transaction that may commit having changed nothing (an
+   atomic write whose guard said no): `wrote(arg)` says whether it changed
+   anything, and the metrics count it as committed only then. */
+pgtx_status run_counted(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
+                        void *arg, bool (*wrote)(const void *arg),
+                        pgtx_run_info *info, pgtx_error *err);
 /* run_raw that answers every failure: true when it committed. */
 bool run_tx(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
             const shop_fault *fault);

@@ -169,6 +169,11 @@ static bool claim_refused(shop_ctx *ctx, const claim_arg *a, pgtx_status st,
     return true;
 }
 
+static bool claim_wrote(const void *p)
+{
+    return PQntuples(((const claim_arg *)p)->claimed) == 1;
+}
+
 /* Tries in all when an atomic claim keeps changing nothing for no reason
    the reads can see. */
 #define CLAIM_TRIES 3
@@ -186,7 +191,7 @@ void coupons_claim(shop_ctx *ctx)
     pgtx_error err;
     pgtx_status st = PGTX_OK;
     for (int i = 0; i < CLAIM_TRIES; i++) {
-        st = run_raw(ctx, engine_for(ctx), claim_tx, &a, &info, &err);
+        st = run_counted(ctx, engine_for(ctx), claim_tx, &a, claim_wrote, &info, &err);
         if (st != PGTX_OK || PQntuples(a.claimed) == 1)
             break;
         /* read-only and not the request's write: not counted as one */

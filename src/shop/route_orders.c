@@ -387,6 +387,12 @@ static bool key_conflict(pgtx_status st, const pgtx_error *err, const order_arg 
            strcmp(err->constraint_name, "orders_idempotency_key") == 0;
 }
 
+static bool order_wrote(const void *p)
+{
+    const order_arg *a = p;
+    return a->replayed || PQntuples(a->row) == 1;
+}
+
 /* Tries in all when an order keeps being refused for no reason the reads
    can see (what refused it kept rolling back before they looked). */
 #define ORDER_TRIES 3
@@ -397,7 +403,7 @@ static pgtx_status order_run(shop_ctx *ctx, order_arg *a, pgtx_run_info *info,
 {
     pgtx_status st = PGTX_OK;
     for (int i = 0; i < ORDER_TRIES; i++) {
-        st = run_raw(ctx, engine_for(ctx), order_tx, a, info, err);
+        st = run_counted(ctx, engine_for(ctx), order_tx, a, order_wrote, info, err);
         if (key_conflict(st, err, a))
             return run_raw(ctx, ctx->app->reader, replay_tx, a, info, err);
         if (!order_refused(st, err, a))

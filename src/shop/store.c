@@ -31,8 +31,9 @@ void result_reset(PGresult **r)
 
 /* ---- running ------------------------------------------------------------- */
 
-pgtx_status run_raw(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
-                    void *arg, pgtx_run_info *info, pgtx_error *err)
+pgtx_status run_counted(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
+                        void *arg, bool (*wrote)(const void *arg),
+                        pgtx_run_info *info, pgtx_error *err)
 {
     memset(info, 0, sizeof *info);
     memset(err, 0, sizeof *err);
@@ -42,12 +43,18 @@ pgtx_status run_raw(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
         /* A request may run more than one transaction (an order that
            re-reads a concurrent winner): its retries add up. */
         ctx->res->retries = (ctx->res->retries > 0 ? ctx->res->retries : 0) + retries;
+        bool committed = st == PGTX_OK && (wrote == NULL || wrote(arg));
         if (ctx->app->metrics)
             shop_metrics_tx(ctx->app->metrics, ctx->strategy,
-                            st == PGTX_OK ? SHOP_TX_COMMITTED : SHOP_TX_FAILED,
-                            retries);
+                            committed ? SHOP_TX_COMMITTED : SHOP_TX_FAILED, retries);
     }
     return st;
+}
+
+pgtx_status run_raw(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
+                    void *arg, pgtx_run_info *info, pgtx_error *err)
+{
+    return run_counted(ctx, engine, fn, arg, NULL, info, err);
 }
 
 bool run_tx(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
@@ -264,6 +271,11 @@ static pgtx_status bump_tx(pgtx_tx *tx, void *p, pgtx_error *err)
     return pgtx_queue(tx, a->bump->atomic, 2, params, &a->row, err);
 }
 
+static bool bump_wrote(const void *p)
+{
+    return PQntuples(((const bump_arg *)p)->row) == 1;
+}
+
 void bump_handle(shop_ctx *ctx, const shop_bump *bump)
 {
     shop_body b;
@@ -273,13 +285,17 @@ void bump_handle(shop_ctx *ctx, const shop_bump *bump)
     bump_arg a = {.bump = bump, .id = ctx->id, .delta = b.num[0],
                   .strategy = ctx->strategy};
     body_free(&b);
-    if (run_tx(ctx, engine_for(ctx), bump_tx, &a, &a.fault)) {
-        if (PQntuples(a.row) == 1)
-            reply_row(ctx->res, 200, a.row);
-        else /* atomic: no such row, so nothing was changed */
-            reply_error(ctx->res, 404, "not_found", "%s %lld not found",
-                        bump->counter->what, (long long)a.id);
-    }
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = run_counted(ctx, engine_for(ctx), bump_tx, &a, bump_wrote,
+                                 &info, &err);
+    if (st != PGTX_OK)
+        reply_failure(ctx->res, st, &info, &err, &a.fault);
+    else if (PQntuples(a.row) == 1)
+        reply_row(ctx->res, 200, a.row);
+    else /* atomic: no such row, so nothing was changed */
+        reply_error(ctx->res, 404, "not_found", "%s %lld not found",
+                    bump->counter->what, (long long)a.id);
     PQclear(a.row);
     PQclear(a.read);
 }

@@ -652,8 +652,20 @@ def main(h):
     with T.section("409 out_of_stock"):
         q = T.product(price=10, stock=2)
         buyer = T.account(1000)
+
+        def atomic_tx(outcome):
+            text = T.request("GET", "/metrics", token=None).body.decode()
+            key = 'pgtx_shop_transactions_total{strategy="atomic",outcome="%s"} ' % outcome
+            return int(next(line.split()[-1] for line in text.splitlines() if line.startswith(key)))
+
+        before = (atomic_tx("committed"), atomic_tx("failed"))
         T.err("POST", "/v1/orders", {"account_id": buyer["id"], "product_id": q["id"], "quantity": 3},
               token=buyer["token"], status=409, code="out_of_stock")
+        # the atomic order committed having changed nothing: a refusal all the same
+        after = (atomic_tx("committed"), atomic_tx("failed"))
+        check(after == (before[0], before[1] + 1),
+              lambda: "atomic transactions (committed, failed) around an out_of_stock order: %r -> %r"
+              % (before, after))
         T.order(buyer, q, 2, token=buyer["token"])
         for s in STRATEGIES:
             T.err("POST", "/v1/orders", {"account_id": buyer["id"], "product_id": q["id"], "quantity": 1},
