@@ -38,9 +38,17 @@
 extern "C" {
 #endif
 
+/* The one place the version is kept: CMake reads these three lines, and
+   the programs' --version prints PGTX_VERSION. */
 #define PGTX_VERSION_MAJOR 0
-#define PGTX_VERSION_MINOR 1
+#define PGTX_VERSION_MINOR 2
 #define PGTX_VERSION_PATCH 0
+#define PGTX_STRINGIFY_(x) #x
+#define PGTX_STRINGIFY(x) PGTX_STRINGIFY_(x)
+/* "0.2.0" */
+#define PGTX_VERSION                                                           \
+    PGTX_STRINGIFY(PGTX_VERSION_MAJOR) "." PGTX_STRINGIFY(PGTX_VERSION_MINOR) "." \
+    PGTX_STRINGIFY(PGTX_VERSION_PATCH)
 /* 0xMMmmpp, comparable with < and >. */
 #define PGTX_VERSION_HEX                                                       \
     ((PGTX_VERSION_MAJOR << 16) | (PGTX_VERSION_MINOR << 8) | PGTX_VERSION_PATCH)

@@ -5,6 +5,10 @@ set -eu
 B="$1"
 DB="${PGTX_TEST_DSN:-}"
 fail() { echo "FAIL: $*"; exit 1; }
+# --version prints the version kept in include/pgtx.h
+want=$(sed -n 's/^#define PGTX_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)$/\2/p' \
+       "$(dirname "$0")/../include/pgtx.h" | paste -sd.)
+[ "$("$B" --version)" = "pgtx-race $want" ] || fail "pgtx-race --version: $("$B" --version), want $want"
 runs=0
 for sc in lost-update coupon-limit double-claim oversell; do
   for st in naive atomic lock optimistic serializable; do

@@ -13,6 +13,7 @@ static void usage(FILE *to)
             "                       [--database CONNINFO] [--json] [--plot FILE.svg]\n"
             "                       [--pgbench] [--quantity N] [--stock N]\n"
             "       pgtx-race SUBCOMMAND --help\n"
+            "       pgtx-race --version\n"
             "\n"
             "Without --database or DATABASE_URL, an embedded PostgreSQL cluster is\n"
             "started in ./.pgtx/pgdata (or PGTX_DATA_DIR) and stopped on exit.\n");
@@ -23,6 +24,10 @@ int main(int argc, char **argv)
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("pgtx-race %s\n", PGTX_VERSION);
+        return 0;
     }
     if (strcmp(argv[1], "replay") == 0)
         return race_replay_main(argc - 1, argv + 1);

@@ -237,7 +237,7 @@ static void usage(FILE *to)
         }
         fputs("\n", to);
     }
-    fprintf(to, "  --help\n      this text\n");
+    fprintf(to, "  --help\n      this text\n  --version\n      the version, then exit\n");
 }
 
 /* ---- parsing one value ---------------------------------------------------- */
@@ -470,10 +470,22 @@ static bool check_combination(const shop_config *cfg)
     return true;
 }
 
+static bool wants_version(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--version") == 0)
+            return true;
+    return false;
+}
+
 shop_config_result shop_config_parse(int argc, char **argv, shop_config *cfg)
 {
     if (wants_help(argc, argv)) {
         usage(stdout);
+        return SHOP_CONFIG_EXIT;
+    }
+    if (wants_version(argc, argv)) {
+        printf("pgtx-shop %s\n", PGTX_VERSION);
         return SHOP_CONFIG_EXIT;
     }
     config_defaults(cfg);

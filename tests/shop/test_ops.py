@@ -64,8 +64,8 @@ BAD_FLAG_DEADLINE = 5.0 * SLOW    # a bad flag must end the process this fast
 UNREACHABLE_DEADLINE = 15.0 * SLOW
 
 FLAGS = ("--database", "--data-dir", "--listen", "--admin-token", "--threads", "--queue",
-         "--pool-size", "--max-overflow", "--pool-timeout-ms", "--db-timeout-ms", "--strategy", "--allow-unsafe",
-         "--log-level", "--max-body", "--help")
+         "--pool-size", "--max-overflow", "--idle-timeout-ms", "--statement-cache", "--pool-timeout-ms",
+         "--db-timeout-ms", "--strategy", "--allow-unsafe", "--log-level", "--max-body", "--help", "--version")
 
 
 def clean_env():
@@ -384,6 +384,15 @@ def check_startup_errors(h):
     listed = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out))
     missing = [f for f in FLAGS if f not in listed]
     check(not missing, lambda: "pgtx-shop --help does not list %s:\n%s" % (", ".join(missing), out))
+
+    # --version prints the header's version (the one place it is kept)
+    header = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "include",
+                               "pgtx.h")).read()
+    want = ".".join(re.search(r"#define PGTX_VERSION_%s (\d+)" % p, header).group(1)
+                    for p in ("MAJOR", "MINOR", "PATCH"))
+    rc, out, err, took = run_bounded([h.binary, "--version"], BAD_FLAG_DEADLINE)
+    check(rc == 0 and out == "pgtx-shop %s\n" % want,
+          lambda: "pgtx-shop --version: exit %d, printed %r, want 'pgtx-shop %s'" % (rc, out, want))
 
     port = shoplib.free_port()
     dsn = "host=127.0.0.1 port=1 connect_timeout=1"
