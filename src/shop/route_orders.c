@@ -372,13 +372,16 @@ static void order_reply(shop_ctx *ctx, const order_arg *a)
 }
 
 /* The order's one statement changed nothing (no row back) or the server
-   refused it for a rule (a CHECK, a NOT NULL): the reads will say why. */
+   refused it for a rule (a CHECK, a NOT NULL) or an overflow (22003): the
+   reads will say why, in the order every strategy reports it (an unknown
+   account before an overflowing price, say). */
 static bool order_refused(pgtx_status st, const pgtx_error *err, const order_arg *a)
 {
     if (st == PGTX_OK)
         return !a->replayed && PQntuples(a->row) == 0;
-    return st == PGTX_CONSTRAINT && (strcmp(err->sqlstate, "23502") == 0 ||
-                                     strcmp(err->sqlstate, "23514") == 0);
+    return (st == PGTX_CONSTRAINT && (strcmp(err->sqlstate, "23502") == 0 ||
+                                      strcmp(err->sqlstate, "23514") == 0)) ||
+           strcmp(err->sqlstate, "22003") == 0;
 }
 
 static bool key_conflict(pgtx_status st, const pgtx_error *err, const order_arg *a)

@@ -766,6 +766,10 @@ def main(h):
         for s in (None,) + STRATEGIES:
             T.err("POST", "/v1/orders", {"account_id": rich["id"], "product_id": dear["id"], "quantity": 2},
                   headers={"Pgtx-Strategy": s} if s else None, status=422, code="out_of_range")
+        # an unknown account is reported before the overflow, under every strategy
+        for s in (None,) + STRATEGIES:
+            T.err("POST", "/v1/orders", {"account_id": 10 ** 15, "product_id": dear["id"], "quantity": 2},
+                  headers={"Pgtx-Strategy": s} if s else None, status=404, code="not_found")
         T.order(rich, dear, 1)
         # stock + restock would overflow
         full = T.product(price=1, stock=INT64_MAX - 1)
