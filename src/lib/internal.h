@@ -122,7 +122,6 @@ PGresult *pgtx__exec(pgtx_conn *conn, const char *sql, int nparams,
                      const char *const *params);
 bool pgtx__conn_timed_out(const pgtx_conn *conn);
 int pgtx__socket_timeout_ms(const pgtx_pool *pool);
-int pgtx__statement_cache_size(const pgtx_pool *pool);
 /* One round trip made on `conn`'s pool (for the statistics). */
 void pgtx__count_round_trip(pgtx_pool *pool);
 

@@ -449,11 +449,6 @@ static pgtx_conn *conn_wrap(pgtx_pool *pool, PGconn *pg, uint64_t id)
 
 int pgtx__socket_timeout_ms(const pgtx_pool *pool) { return pool->cfg.socket_timeout_ms; }
 
-int pgtx__statement_cache_size(const pgtx_pool *pool)
-{
-    return pool->cfg.statement_cache_size;
-}
-
 /* Is a connection handed out now going to work?  Cheap unless it has been
    idle longer than check_idle_ms; then one round trip. */
 /* NOTE: the runner's checkouts trust a connection returned within this

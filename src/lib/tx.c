@@ -98,14 +98,28 @@ static void echo_add(pgtx_tx *tx, const char *sql)
         tx->echo_len = sizeof tx->echo - 1;
 }
 
-/* Queue a statement that is never cached (BEGIN, SET LOCALs, COMMIT). */
-static bool queue_plain(pgtx_tx *tx, item_kind kind, const char *sql)
+/* The round's next item, blank but for its kind. */
+static tx_item *item_add(pgtx_tx *tx, item_kind kind, const char *sql)
 {
     tx_item *it = &tx->items[tx->n_items++];
     memset(it, 0, sizeof *it);
     it->kind = kind;
     echo_add(tx, sql);
+    return it;
+}
+
+/* Queue a statement that is never cached (BEGIN, SET LOCALs, COMMIT). */
+static bool queue_plain(pgtx_tx *tx, item_kind kind, const char *sql)
+{
+    (void)item_add(tx, kind, sql);
     return PQsendQueryParams(tx->pg, sql, 0, NULL, NULL, NULL, NULL, 0) == 1;
+}
+
+/* libpq could not queue or send: the connection's own error, remembered. */
+static pgtx_status fail_from_conn(pgtx_tx *tx, pgtx_error *err)
+{
+    pgtx_error e;
+    return tx_fail(tx, describe(tx, NULL, &e), &e, err);
 }
 
 /* Start a round if none is open: pipeline mode, and BEGIN with the
@@ -271,19 +285,12 @@ static pgtx_status queue_stmt(pgtx_tx *tx, const char *sql, int n,
     if (tx->piping && tx->n_items >= TX_ROUND_MAX)
         return pgtx_fail(err, PGTX_INVALID, "more than %d statements queued in "
                          "one round trip: pgtx_flush() first", TX_ROUND_MAX);
-    if (!round_open(tx)) {
-        pgtx_error e;
-        return tx_fail(tx, describe(tx, NULL, &e), &e, err);
-    }
-    tx_item *it = &tx->items[tx->n_items++];
-    memset(it, 0, sizeof *it);
-    it->kind = ITEM_STMT;
+    if (!round_open(tx))
+        return fail_from_conn(tx, err);
+    tx_item *it = item_add(tx, ITEM_STMT, sql);
     it->out = out;
-    echo_add(tx, sql);
-    if (!pgtx__wire_send(tx->conn, sql, n, params, &it->how)) {
-        pgtx_error e;
-        return tx_fail(tx, describe(tx, NULL, &e), &e, err);
-    }
+    if (!pgtx__wire_send(tx->conn, sql, n, params, &it->how))
+        return fail_from_conn(tx, err);
     return PGTX_OK;
 }
 
@@ -426,10 +433,8 @@ static pgtx_status tx_commit(pgtx_tx *tx, pgtx_error *err)
 {
     if (tx->begun && lost_before_commit(tx))
         return pgtx__error_from_conn(err, tx->pg, PGTX_CONNECTION_LOST);
-    if (!round_open(tx)) {
-        pgtx_error e;
-        return tx_fail(tx, describe(tx, NULL, &e), &e, err);
-    }
+    if (!round_open(tx))
+        return fail_from_conn(tx, err);
     pgtx_status st = round_sync(tx, END_COMMIT, err);
     if (st == PGTX_OK && !tx->committed)
         /* "ROLLBACK": an error inside was swallowed by the callback. */
