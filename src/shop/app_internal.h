@@ -173,6 +173,26 @@ pgtx_status run_raw(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
 pgtx_status run_counted(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
                         void *arg, bool (*wrote)(const void *arg),
                         pgtx_run_info *info, pgtx_error *err);
+/*
+ * A write whose atomic form is one statement sent with its COMMIT, which a
+ * business rule refuses by making it change nothing or fail: how to tell a
+ * refusal and how to explain one (a read-only transaction that finds the
+ * fault, or OK when nothing is wrong any more).
+ */
+typedef struct shop_refusable {
+    pgtx_tx_fn write;
+    pgtx_tx_fn explain;
+    bool (*wrote)(const void *arg);
+    bool (*refused)(pgtx_status st, const pgtx_error *err, const void *arg);
+    const char *what; /* "order": for the 503's message */
+} shop_refusable;
+
+/* Runs w->write until it writes, fails, or is refused for a reason its
+   explanation gives (PGTX_ABORTED with the fault).  A refusal that no rule
+   explains, 3 times in a row, is answered here (503 retry_exhausted) and
+   sets *answered. */
+pgtx_status run_refusable(shop_ctx *ctx, const shop_refusable *w, void *arg,
+                          bool *answered, pgtx_run_info *info, pgtx_error *err);
 /* run_raw that answers every failure: true when it committed. */
 bool run_tx(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
             const shop_fault *fault);

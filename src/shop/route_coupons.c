@@ -89,9 +89,10 @@ static void claim_reset(claim_arg *a)
 }
 
 /* Both reads, in one round trip (with BEGIN, when they come first). */
-static pgtx_status claim_read(pgtx_tx *tx, claim_arg *a, const char *const p[2],
-                              pgtx_error *err)
+static pgtx_status claim_read(pgtx_tx *tx, claim_arg *a, pgtx_error *err)
 {
+    shop_num coupon = num_of(a->coupon), account = num_of(a->account);
+    const char *p[2] = {coupon.s, account.s};
     pgtx_status st = counter_queue_read(tx, &COUNTER_REMAINING, a->strategy, p[0],
                                         &a->coupon_row, err);
     st = st != PGTX_OK ? st : pgtx_queue(tx, FACTS_SQL, 2, p, &a->facts, err);
@@ -119,17 +120,27 @@ static pgtx_status claim_judge(claim_arg *a, int64_t *next, int64_t *version,
                          "coupon_exhausted", "none left");
 }
 
+/* The reads and their verdict: what the read-modify-write strategies do
+   before writing, and what explains an atomic claim that changed nothing. */
+static pgtx_status claim_check(pgtx_tx *tx, claim_arg *a, int64_t *next,
+                               int64_t *version, pgtx_error *err)
+{
+    claim_reset(a);
+    pgtx_status st = claim_read(tx, a, err);
+    return st != PGTX_OK ? st : claim_judge(a, next, version, err);
+}
+
 static pgtx_status claim_tx(pgtx_tx *tx, void *p, pgtx_error *err)
 {
     claim_arg *a = p;
     shop_num coupon = num_of(a->coupon), account = num_of(a->account);
     const char *params[2] = {coupon.s, account.s};
-    claim_reset(a);
-    if (a->strategy == SHOP_ATOMIC) /* with BEGIN and COMMIT: one round trip */
-        return pgtx_queue(tx, CLAIM_ATOMIC_SQL, 2, params, &a->claimed, err);
     int64_t next = 0, version = 0;
-    pgtx_status st = claim_read(tx, a, params, err);
-    st = st != PGTX_OK ? st : claim_judge(a, &next, &version, err);
+    if (a->strategy == SHOP_ATOMIC) { /* with BEGIN and COMMIT: one round trip */
+        claim_reset(a);
+        return pgtx_queue(tx, CLAIM_ATOMIC_SQL, 2, params, &a->claimed, err);
+    }
+    pgtx_status st = claim_check(tx, a, &next, &version, err);
     if (st != PGTX_OK)
         return st;
     shop_num n = num_of(next), v = num_of(version);
@@ -142,13 +153,8 @@ static pgtx_status claim_tx(pgtx_tx *tx, void *p, pgtx_error *err)
    back meanwhile): then it is tried again. */
 static pgtx_status claim_explain_tx(pgtx_tx *tx, void *p, pgtx_error *err)
 {
-    claim_arg *a = p;
-    shop_num coupon = num_of(a->coupon), account = num_of(a->account);
-    const char *params[2] = {coupon.s, account.s};
     int64_t next = 0, version = 0;
-    claim_reset(a);
-    pgtx_status st = claim_read(tx, a, params, err);
-    return st != PGTX_OK ? st : claim_judge(a, &next, &version, err);
+    return claim_check(tx, p, &next, &version, err);
 }
 
 /* A refusal the server made for the one statement, as the API's answer;
@@ -174,9 +180,15 @@ static bool claim_wrote(const void *p)
     return PQntuples(((const claim_arg *)p)->claimed) == 1;
 }
 
-/* Tries in all when an atomic claim keeps changing nothing for no reason
-   the reads can see. */
-#define CLAIM_TRIES 3
+/* atomic: the statement ran and changed nothing (none left, no coupon). */
+static bool claim_changed_nothing(pgtx_status st, const pgtx_error *err, const void *p)
+{
+    (void)err;
+    return st == PGTX_OK && !claim_wrote(p);
+}
+
+static const shop_refusable CLAIM_WRITE = {claim_tx, claim_explain_tx, claim_wrote,
+                                           claim_changed_nothing, "claim"};
 
 void coupons_claim(shop_ctx *ctx)
 {
@@ -189,21 +201,13 @@ void coupons_claim(shop_ctx *ctx)
         return;
     pgtx_run_info info;
     pgtx_error err;
-    pgtx_status st = PGTX_OK;
-    for (int i = 0; i < CLAIM_TRIES; i++) {
-        st = run_counted(ctx, engine_for(ctx), claim_tx, &a, claim_wrote, &info, &err);
-        if (st != PGTX_OK || PQntuples(a.claimed) == 1)
-            break;
-        /* read-only and not the request's write: not counted as one */
-        st = pgtx_run(ctx->app->reader, claim_explain_tx, &a, &info, &err);
-        if (st != PGTX_OK)
-            break;
-    }
-    if (st == PGTX_OK && PQntuples(a.claimed) == 1)
+    bool answered;
+    pgtx_status st = run_refusable(ctx, &CLAIM_WRITE, &a, &answered, &info, &err);
+    if (answered)
+        ;
+    else if (st == PGTX_OK)
         reply_json(ctx->res, 201, json_pack("{s:I,s:I}", "coupon_id", (json_int_t)a.coupon,
                                             "account_id", (json_int_t)a.account));
-    else if (st == PGTX_OK)
-        reply_retry_exhausted(ctx->res, "the claim kept changing nothing");
     else if (!claim_refused(ctx, &a, st, &err))
         reply_failure(ctx->res, st, &info, &err, &a.fault);
     claim_reset(&a);

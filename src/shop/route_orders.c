@@ -375,8 +375,9 @@ static void order_reply(shop_ctx *ctx, const order_arg *a)
    refused it for a rule (a CHECK, a NOT NULL) or an overflow (22003): the
    reads will say why, in the order every strategy reports it (an unknown
    account before an overflowing price, say). */
-static bool order_refused(pgtx_status st, const pgtx_error *err, const order_arg *a)
+static bool order_refused(pgtx_status st, const pgtx_error *err, const void *p)
 {
+    const order_arg *a = p;
     if (st == PGTX_OK)
         return !a->replayed && PQntuples(a->row) == 0;
     return (st == PGTX_CONSTRAINT && (strcmp(err->sqlstate, "23502") == 0 ||
@@ -396,31 +397,8 @@ static bool order_wrote(const void *p)
     return a->replayed || PQntuples(a->row) == 1;
 }
 
-/* Tries in all when an order keeps being refused for no reason the reads
-   can see (what refused it kept rolling back before they looked). */
-#define ORDER_TRIES 3
-
-/* Runs the order until it is written, replayed or refused for a reason. */
-static pgtx_status order_run(shop_ctx *ctx, order_arg *a, pgtx_run_info *info,
-                             pgtx_error *err)
-{
-    pgtx_status st = PGTX_OK;
-    for (int i = 0; i < ORDER_TRIES; i++) {
-        st = run_counted(ctx, engine_for(ctx), order_tx, a, order_wrote, info, err);
-        if (key_conflict(st, err, a))
-            return run_raw(ctx, ctx->app->reader, replay_tx, a, info, err);
-        if (!order_refused(st, err, a))
-            return st;
-        /* read-only and not the request's write: not counted as one */
-        pgtx_run_info why;
-        st = pgtx_run(ctx->app->reader, explain_tx, a, &why, err);
-        if (st != PGTX_OK || a->replayed)
-            return st;
-    }
-    reply_retry_exhausted(ctx->res, "the order kept being refused for a reason "
-                          "that did not last");
-    return PGTX_ABORTED;
-}
+static const shop_refusable ORDER_WRITE = {order_tx, explain_tx, order_wrote,
+                                           order_refused, "order"};
 
 void orders_create(shop_ctx *ctx)
 {
@@ -440,10 +418,15 @@ void orders_create(shop_ctx *ctx)
     request_hash(&a);
     pgtx_run_info info;
     pgtx_error err;
-    pgtx_status st = order_run(ctx, &a, &info, &err);
-    if (st == PGTX_OK)
+    bool answered;
+    pgtx_status st = run_refusable(ctx, &ORDER_WRITE, &a, &answered, &info, &err);
+    if (key_conflict(st, &err, &a)) /* a twin holds the key: its order */
+        st = run_raw(ctx, ctx->app->reader, replay_tx, &a, &info, &err);
+    if (answered)
+        ;
+    else if (st == PGTX_OK)
         order_reply(ctx, &a);
-    else if (a.fault.status || st != PGTX_ABORTED)
+    else
         reply_failure(ctx->res, st, &info, &err, &a.fault);
     order_reset(&a);
 }

@@ -57,6 +57,33 @@ pgtx_status run_raw(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
     return run_counted(ctx, engine, fn, arg, NULL, info, err);
 }
 
+/* Tries in all when a refusal keeps having no reason the reads can see
+   (what refused it kept rolling back before they looked). */
+#define REFUSABLE_TRIES 3
+
+pgtx_status run_refusable(shop_ctx *ctx, const shop_refusable *w, void *arg,
+                          bool *answered, pgtx_run_info *info, pgtx_error *err)
+{
+    *answered = false;
+    for (int i = 0; i < REFUSABLE_TRIES; i++) {
+        pgtx_status st = run_counted(ctx, engine_for(ctx), w->write, arg, w->wrote,
+                                     info, err);
+        if (!w->refused(st, err, arg))
+            return st;
+        /* read-only and not the request's write: not counted as one */
+        pgtx_run_info why;
+        st = pgtx_run(ctx->app->reader, w->explain, arg, &why, err);
+        if (st != PGTX_OK || w->wrote(arg))
+            return st;
+    }
+    char why[96];
+    snprintf(why, sizeof why, "the %s kept being refused for a reason that did "
+             "not last", w->what);
+    reply_retry_exhausted(ctx->res, why);
+    *answered = true;
+    return PGTX_ABORTED;
+}
+
 bool run_tx(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
             const shop_fault *fault)
 {
