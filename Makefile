@@ -5,8 +5,9 @@ TSAN_BUILD ?= build/tsan
 PREFIX     ?= /usr/local
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_TYPE ?= RelWithDebInfo
+DEB_DIR    ?= build/deb
 
-.PHONY: all deps configure run test test-plain test-asan test-tsan bench-lib bench install clean
+.PHONY: all deps configure run test test-plain test-asan test-tsan bench-lib bench install deb clean
 
 all: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -60,9 +61,17 @@ bench-lib: all
 bench: all
 	python3 bench/shop_bench.py --build $(BUILD) $(BENCH_ARGS)
 
+# Library, header, pgtx.pc, both programs and the manual pages under
+# PREFIX (any folder: the programs find libpgtx through $ORIGIN, pgtx.pc its
+# prefix through its own folder).  DESTDIR=/staging is honoured too.
 install: configure
 	cmake --build $(BUILD) -j $(JOBS)
 	cmake --install $(BUILD) --prefix $(PREFIX)
+
+# The Debian packages in $(DEB_DIR), built from a copy of the tree and
+# checked with lintian (scripts/package.sh; installs the packaging tools).
+deb: deps
+	scripts/package.sh $(DEB_DIR)
 
 clean:
 	rm -rf $(BUILD)

@@ -2,6 +2,13 @@
 #include <pgtx.h>
 #include <stdio.h>
 
+static pgtx_status setup(pgtx_tx *tx, void *arg, pgtx_error *err)
+{
+    (void)arg; /* idempotent: a second run keeps the table and its balances */
+    pgtx_status st = pgtx_query(tx, "CREATE TABLE IF NOT EXISTS acct (id int PRIMARY KEY, bal int NOT NULL)", 0, NULL, NULL, err);
+    return st ? st : pgtx_query(tx, "INSERT INTO acct VALUES (1, 100), (2, 0) ON CONFLICT (id) DO NOTHING", 0, NULL, NULL, err);
+}
+
 static pgtx_status transfer(pgtx_tx *tx, void *arg, pgtx_error *err)
 {
     (void)arg; /* runs again, from the top, if PostgreSQL says 40001 or 40P01 */
@@ -25,8 +32,10 @@ int main(void)
     if (pgtx_engine_create(pool, NULL, &rc, &err) || pgtx_engine_create(pool, &opt, &ser, &err))
         return fprintf(stderr, "%s\n", err.message), 1;
 
-    pgtx_run_info info;
-    pgtx_status st = pgtx_run(ser, transfer, NULL, &info, &err);
+    pgtx_run_info info = {0};
+    pgtx_status st = pgtx_run(rc, setup, NULL, NULL, &err);
+    if (st == PGTX_OK)
+        st = pgtx_run(ser, transfer, NULL, &info, &err);
     printf("%s after %d attempt(s) %s\n", pgtx_status_name(st), info.attempts, st ? err.message : "");
 
     pgtx_engine_destroy(ser);

@@ -132,6 +132,8 @@ typedef enum pgtx_status {
 typedef struct pgtx_error {
     pgtx_status status;
     char sqlstate[6];
+    /* One line: libpq's multi-line messages have each run of line breaks
+       and tabs made one space. */
     char message[PGTX_ERROR_MESSAGE_SIZE];
     /* The server's error fields, "" when it sent none: the constraint that
        said no (23xxx), and the table and column it concerns (a NOT NULL
@@ -253,9 +255,19 @@ typedef struct pgtx_pool_config {
 PGTX_API void pgtx_pool_config_init(pgtx_pool_config *cfg);
 
 /*
+ * Check a connection string (key=value or URI, multi-host included) without
+ * connecting: its syntax, and that every port is a number in [1, 65535],
+ * which libpq itself finds only when it connects.  NULL and "" (libpq's PG*
+ * environment) are OK.  INVALID otherwise, with a one-line reason in
+ * err->message that never repeats the string (a URI may hold a password).
+ */
+PGTX_API pgtx_status pgtx_conninfo_check(const char *conninfo, pgtx_error *err);
+
+/*
  * Create a pool.  Opens no connection (the first checkout does).  Returns
- * INVALID for impossible settings (pool_size < 1, negative values).  The
- * pool is thread-safe.  Release with pgtx_pool_destroy().
+ * INVALID for impossible settings (pool_size < 1, negative values) and for
+ * a connection string that pgtx_conninfo_check() refuses.  The pool is
+ * thread-safe.  Release with pgtx_pool_destroy().
  */
 PGTX_API PGTX_MUSTCHECK pgtx_status pgtx_pool_create(const pgtx_pool_config *cfg,
                                                      pgtx_pool **out,

@@ -6,7 +6,8 @@ set -euo pipefail
 PACKAGES=(
   gcc clang make cmake pkg-config python3
   libpq-dev libcmocka-dev
-  libmicrohttpd-dev libjansson-dev libsodium-dev curl
+  libmicrohttpd-dev libjansson-dev libsodium-dev libsystemd-dev curl
+  python3-jsonschema python3-yaml scdoc man-db groff-base
   postgresql postgresql-common postgresql-contrib pgbouncer
 )
 

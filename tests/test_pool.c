@@ -397,6 +397,7 @@ static void unreachable_server_is_a_clear_connect_error(void **state)
     assert_int_equal(pgtx_pool_checkout(pool, 2000, &c, &err), PGTX_CONNECT);
     assert_int_equal(err.status, PGTX_CONNECT);
     assert_non_null(strstr(err.message, "127.0.0.1"));
+    assert_null(strchr(err.message, '\n')); /* libpq's message, one line */
     /* Inside the back-off window the next checkout waits, then tries once. */
     assert_int_equal(pgtx_pool_checkout(pool, 2000, &c, &err), PGTX_CONNECT);
     /* A checkout that times out during the back-off says why. */

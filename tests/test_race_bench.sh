@@ -1,24 +1,51 @@
 #!/bin/sh
 # test_race_bench.sh — smoke test of `pgtx-race bench`: every scenario and strategy for 1 s, then checks that the report tells the truth.
+# Exit statuses: 0 for a good run (every safe strategy kept its invariants),
+# 2 for a bad option or value (a bad connection string too, from the flag or
+# DATABASE_URL, unless a flag overrides the variable), 3 when the database
+# cannot be reached; each non-zero one with one line on stderr.
 # usage: test_race_bench.sh PGTX_RACE_BINARY   (database: PGTX_TEST_DSN, else libpq's PG* environment)
 set -eu
 BIN=$1
 DB=${PGTX_TEST_DSN:-} # "" means libpq's environment, never the embedded cluster
+unset DATABASE_URL PGTX_DATA_DIR PGTX_RACE_DATA_DIR
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+. "$(dirname "$0")/expect_exit.sh"
 
 # Bad options exit 2 before any database is touched.
 for bad in "--scenario nope" "--clients 0" "--clients 257" "--clients 8,x" \
            "--strategy fast" "--duration soon" "--ops 0" "--pool-size" "--bogus"; do
-  rc=0
   # shellcheck disable=SC2086 # each case is several words on purpose
-  "$BIN" bench $bad >"$tmp/out" 2>"$tmp/err" || rc=$?
-  if [ "$rc" -ne 2 ] || [ ! -s "$tmp/err" ]; then
-    echo "FAIL: 'bench $bad' exited $rc (want 2 and a message)"; exit 1
-  fi
+  expect 2 "bench $bad" -- "$BIN" bench $bad
+done
+expect 2 "bench --data-dir ''" -- "$BIN" bench --data-dir ""
+for bad in "host=localhost port=notaport" "foo" "postgresql://[bad"; do
+  expect 2 "bench --database '$bad'" -- "$BIN" bench --database "$bad" --duration 1
+  grep -q -- '--database' "$tmp/err" || fail "--database '$bad': the line does not name --database"
+  expect 2 "DATABASE_URL='$bad' bench" -- env DATABASE_URL="$bad" "$BIN" bench --duration 1
+  grep -q 'DATABASE_URL' "$tmp/err" || fail "DATABASE_URL='$bad': the line does not name it"
 done
 "$BIN" bench --help | grep -q -- '--pgbench'
-echo "bad options: exit 2"
+"$BIN" bench --help | grep -q -- '--data-dir'
+echo "bad options and connection strings: exit 2, one stderr line each"
+
+# The database cannot be reached: 3.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+expect 3 "bench, no server in /nonexistent" -- "$BIN" bench --database "host=/nonexistent" --duration 1
+expect 3 "bench, nobody on 127.0.0.1:$port" -- "$BIN" bench --duration 1 \
+  --database "host=127.0.0.1 port=$port connect_timeout=5"
+echo "unreachable database: exit 3, one stderr line"
+
+# A valid flag overrides a bad variable, which is then not read; a good
+# run is exit 0.
+rc=0
+DATABASE_URL=foo "$BIN" bench --database "$DB" --strategy atomic --clients 2 --ops 20 \
+  >"$tmp/out" 2>"$tmp/err" || rc=$?
+[ "$rc" -eq 0 ] || fail "DATABASE_URL=foo with a valid --database: exit $rc: $(cat "$tmp/err")"
+echo "good run: exit 0 (a bad DATABASE_URL overridden by --database)"
 
 check() { # check FILE.json: what every run must satisfy
   python3 - "$1" <<'EOF'
@@ -59,9 +86,11 @@ EOF
 for sc in counter coupon order spread; do
   extra=""
   if [ "$sc" = counter ]; then extra="--plot $tmp/plot.svg --pgbench"; fi
+  rc=0
   # shellcheck disable=SC2086
   "$BIN" bench --database "$DB" --scenario "$sc" --strategy all --clients 8 \
-      --pool-size 4 --duration 1 --json $extra >"$tmp/$sc.json"
+      --pool-size 4 --duration 1 --json $extra >"$tmp/$sc.json" || rc=$?
+  [ "$rc" -eq 0 ] || fail "bench --scenario $sc: exit $rc (want 0: every safe strategy kept its invariants)"
   check "$tmp/$sc.json"
 done
 grep -q '<svg' "$tmp/plot.svg"

@@ -75,6 +75,9 @@ static void fail_fills_error(void **state)
     big[sizeof big - 1] = '\0';
     pgtx_fail(&e, PGTX_SQL, "%s", big);
     assert_int_equal(strlen(e.message), PGTX_ERROR_MESSAGE_SIZE - 1);
+    /* Always one line: runs of line breaks and tabs are one space. */
+    pgtx_fail(&e, PGTX_CONNECT, "refused\n\tIs the server running?\n");
+    assert_string_equal(e.message, "refused Is the server running?");
 }
 
 static void backoff_is_capped_full_jitter(void **state)
@@ -148,6 +151,37 @@ static void bad_settings_are_rejected(void **state)
     pgtx_pool_destroy(pool);
 }
 
+/* Checked before any connection: libpq alone would accept port=abc until
+   it connects.  The reason never repeats the string (a URI's password). */
+static void connection_strings_are_checked(void **state)
+{
+    (void)state;
+    static const char *good[] = {
+        NULL, "", "dbname=x", "host=a,b port=5432,5433", "port=", "port=' 6543 '",
+        "postgresql://u:pw@h1:5432,h2/db?target_session_attrs=read-write",
+    };
+    static const char *bad[] = {
+        "dbname", "nokey=1", "port=notaport", "port=0", "port=65536", "host=a,b port=1,x",
+        "postgresql://u:secret@h:99999/db", "postgresql://[bad", "dbname='unterminated",
+    };
+    pgtx_error err;
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        assert_int_equal(pgtx_conninfo_check(good[i], &err), PGTX_OK);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(pgtx_conninfo_check(bad[i], &err), PGTX_INVALID);
+        assert_null(strchr(err.message, '\n'));
+        assert_null(strstr(err.message, "secret"));
+        assert_true(err.message[0] != '\0');
+    }
+    pgtx_pool_config cfg;
+    pgtx_pool_config_init(&cfg);
+    cfg.conninfo = "host=x port=abc";
+    pgtx_pool *pool = NULL;
+    assert_int_equal(pgtx_pool_create(&cfg, &pool, &err), PGTX_INVALID);
+    assert_null(pool);
+    assert_non_null(strstr(err.message, "port 'abc'"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -158,6 +192,7 @@ int main(void)
         cmocka_unit_test(backoff_is_capped_full_jitter),
         cmocka_unit_test(engine_begin_statements),
         cmocka_unit_test(bad_settings_are_rejected),
+        cmocka_unit_test(connection_strings_are_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

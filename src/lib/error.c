@@ -1,5 +1,6 @@
 /* error.c — statuses, their classification, and errors copied out of libpq. */
 #include "internal.h"
+#include "one_line.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -115,17 +116,11 @@ static void copy_name(char dst[PGTX_ERROR_NAME_SIZE], const PGresult *res,
     snprintf(dst, PGTX_ERROR_NAME_SIZE, "%s", v ? v : "");
 }
 
-/* Copy `msg` without its trailing newline(s), truncating to fit. */
+/* Copy `msg` as one line, truncating to fit. */
 static void copy_message(pgtx_error *err, const char *msg)
 {
-    size_t n = msg ? strlen(msg) : 0;
-    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-        n--;
-    if (n >= sizeof err->message)
-        n = sizeof err->message - 1;
-    if (n > 0)
-        memcpy(err->message, msg, n);
-    err->message[n] = '\0';
+    snprintf(err->message, sizeof err->message, "%s", msg ? msg : "");
+    pgtx_one_line_(err->message);
 }
 
 static void set_sqlstate(pgtx_error *err, const char *s)
@@ -146,6 +141,7 @@ pgtx_status pgtx_fail(pgtx_error *err, pgtx_status st, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
+    pgtx_one_line_(err->message);
     return st;
 }
 

@@ -95,6 +95,72 @@ static const char *config_problem(const pgtx_pool_config *cfg)
     return NULL;
 }
 
+/* Each of a comma-separated list (one per host) empty or in [1, 65535],
+   as libpq wants it, spaces around allowed. */
+static bool port_list_ok(const char *ports)
+{
+    for (const char *p = ports;; p++) {
+        size_t n = strcspn(p, ",");
+        const char *a = p, *b = p + n;
+        while (a < b && *a == ' ')
+            a++;
+        while (b > a && b[-1] == ' ')
+            b--;
+        long v = 0;
+        for (const char *c = a; c < b && v <= 65535; c++) {
+            if (*c < '0' || *c > '9')
+                return false;
+            v = v * 10 + (*c - '0');
+        }
+        if (a < b && (v < 1 || v > 65535))
+            return false;
+        p += n;
+        if (*p == '\0')
+            return true;
+    }
+}
+
+/* libpq's reason on one line, without the `: "STRING"` that ends some: a
+   URI may carry a password, and the caller's message names the source. */
+static void conninfo_reason(char *why, const char *s)
+{
+    size_t n = strlen(why), len = strlen(s);
+    while (n > 0 && (why[n - 1] == '\n' || why[n - 1] == ' '))
+        why[--n] = '\0';
+    if (n >= len + 4 && why[n - 1] == '"' && strncmp(why + n - 1 - len, s, len) == 0 &&
+        strncmp(why + n - 4 - len, ": \"", 3) == 0)
+        why[n - 4 - len] = '\0';
+    for (char *c = why; *c; c++)
+        if (*c == '\n' || *c == '\t')
+            *c = ' ';
+}
+
+pgtx_status pgtx_conninfo_check(const char *conninfo, pgtx_error *err)
+{
+    if (conninfo == NULL || *conninfo == '\0')
+        return PGTX_OK;
+    char *why = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &why);
+    if (opts == NULL) {
+        if (why)
+            conninfo_reason(why, conninfo);
+        pgtx_status st = pgtx_fail(err, why ? PGTX_INVALID : PGTX_NOMEM,
+                                   "not a connection string: %s",
+                                   why ? why : "out of memory");
+        PQfreemem(why);
+        return st;
+    }
+    const char *port = NULL;
+    for (const PQconninfoOption *p = opts; p->keyword; p++)
+        if (strcmp(p->keyword, "port") == 0)
+            port = p->val;
+    pgtx_status st = PGTX_OK;
+    if (port && !port_list_ok(port))
+        st = pgtx_fail(err, PGTX_INVALID, "port '%s' is not a number in [1, 65535]", port);
+    PQconninfoFree(opts);
+    return st;
+}
+
 /* Every checkout and return takes the pool's mutex for a few hundred
    nanoseconds.  A plain mutex sends a thread that finds it taken to sleep
    in the kernel and back: with 8 threads on 2 cores, 0.6 futex calls per
@@ -148,6 +214,9 @@ pgtx_status pgtx_pool_create(const pgtx_pool_config *cfg, pgtx_pool **out,
     const char *problem = config_problem(cfg);
     if (problem)
         return pgtx_fail(err, PGTX_INVALID, "%s", problem);
+    pgtx_status st = pgtx_conninfo_check(cfg->conninfo, err);
+    if (st != PGTX_OK)
+        return st;
     pgtx_pool *pool = calloc(1, sizeof *pool);
     if (pool == NULL)
         return pgtx_fail(err, PGTX_NOMEM, "out of memory creating the pool");

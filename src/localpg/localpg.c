@@ -718,6 +718,11 @@ static bool env_skip(const char *e, bool drop)
        server do (a test harness exports them for another server). */
     if (strncmp(e, "PG", 2) == 0)
         return true;
+    /* Under systemd, a postmaster that finds NOTIFY_SOCKET reports its own
+       readiness to the service manager, which takes it from the unit's
+       main process only and logs the rest as noise. */
+    if (strncmp(e, "NOTIFY_SOCKET=", 14) == 0)
+        return true;
     return drop && (strncmp(e, "HOME=", 5) == 0 ||
                     strncmp(e, "USER=", 5) == 0 ||
                     strncmp(e, "LOGNAME=", 8) == 0);

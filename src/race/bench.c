@@ -44,8 +44,9 @@ static void usage(FILE *to)
         "  --stock N          stock in the order scenario (default 100)\n"
         "  --database CONN    libpq connection string or URI; an empty string uses\n"
         "                     libpq's environment (PGHOST, PGPORT, ...). Default:\n"
-        "                     DATABASE_URL, else an embedded cluster in ./.pgtx/pgdata\n"
-        "                     (or PGTX_DATA_DIR)\n"
+        "                     DATABASE_URL, else an embedded cluster in --data-dir\n"
+        "  --data-dir DIR     the embedded cluster's folder (default ./%s,\n"
+        "                     or %s); apart from pgtx-shop's .pgtx/pgdata\n"
         "  --json             print the results as one JSON document instead\n"
         "  --plot FILE.svg    draw throughput and p99 latency against clients\n"
         "  --pgbench          also run pgbench with the atomic strategy's SQL at each\n"
@@ -55,12 +56,14 @@ static void usage(FILE *to)
         "Tables race_* are dropped and created afresh for every run.\n"
         "ops/s counts answered operations: committed, or refused by a business rule\n"
         "(coupon_exhausted, out_of_stock, ...), which are counted apart from errors.\n"
-        "Exit status: 0 when every safe strategy kept its invariants (naive may\n"
-        "fail), 1 when a safe strategy broke one, 2 for bad options, 3 when the\n"
-        "benchmark could not run (database unreachable, ...).\n",
+        "Exit status: 0 every safe strategy kept its invariants (naive may break\n"
+        "them); 1 a safe strategy broke one; 2 bad usage or a bad value (a bad\n"
+        "connection string too); 3 could not run (database unreachable, cluster\n"
+        "failed to start, unexpected SQL error, plot not written).  Each non-zero\n"
+        "status comes with one line on stderr saying why.\n",
         BENCH_SPREAD_ROWS, BENCH_MAX_CLIENTS, BENCH_MAX_CLIENT_COUNTS,
         DEFAULT_DURATION_S, MAX_DURATION_S, (long long)BENCH_MAX_OPS,
-        OPS_TIME_LIMIT_S);
+        OPS_TIME_LIMIT_S, RACE_DEFAULT_DATA_DIR, RACE_DATA_DIR_ENV);
 }
 
 /* ---- options ------------------------------------------------------------- */
@@ -205,6 +208,13 @@ static bool set_database(bench_config *cfg, const char *v, char *err, size_t len
     return true;
 }
 
+static bool set_data_dir(bench_config *cfg, const char *v, char *err, size_t len)
+{
+    (void)err, (void)len;
+    cfg->data_dir = v; /* race_database_choose says when it is empty */
+    return true;
+}
+
 static bool set_plot(bench_config *cfg, const char *v, char *err, size_t len)
 {
     if (*v == '\0') {
@@ -240,7 +250,8 @@ static const option_def OPTIONS[] = {
     {"--clients", true, set_clients},     {"--duration", true, set_duration},
     {"--ops", true, set_ops},             {"--pool-size", true, set_pool_size},
     {"--quantity", true, set_quantity},   {"--stock", true, set_stock},
-    {"--database", true, set_database},   {"--plot", true, set_plot},
+    {"--database", true, set_database},   {"--data-dir", true, set_data_dir},
+    {"--plot", true, set_plot},
     {"--json", false, set_json},          {"--pgbench", false, set_pgbench},
 };
 
@@ -303,8 +314,8 @@ static int parse_args(bench_config *cfg, int argc, char **argv)
         }
         char err[320];
         if (!parse_one(cfg, argc, argv, &i, err, sizeof err)) {
-            fprintf(stderr, "pgtx-race bench: %s\nTry 'pgtx-race bench --help'.\n", err);
-            return 2;
+            fprintf(stderr, "pgtx-race bench: %s (see pgtx-race bench --help)\n", err);
+            return RACE_EXIT_USAGE;
         }
     }
     if (cfg->duration_s == 0) /* not given */
@@ -528,13 +539,18 @@ static int report(bench_session *s, char *server)
         bench_print_table(stdout, &sum);
     fflush(stdout);
     char err[512];
-    int rc = bench_all_safe_correct(s->rs, s->n) ? 0 : 1;
+    int rc = bench_all_safe_correct(s->rs, s->n) ? RACE_EXIT_KEPT : RACE_EXIT_BROKEN;
     if (cfg->plot && !bench_write_plot(cfg->plot, &sum, err, sizeof err)) {
         fprintf(stderr, "pgtx-race bench: %s\n", err);
-        rc = rc ? rc : 3;
+        rc = rc ? rc : RACE_EXIT_CANNOT_RUN;
     }
-    if (rc == 1)
-        fprintf(stderr, "pgtx-race bench: a safe strategy broke an invariant\n");
+    for (int i = 0; i < s->n && rc == RACE_EXIT_BROKEN; i++)
+        if (bench_strategy_is_safe(s->rs[i].strategy) && !s->rs[i].correct) {
+            fprintf(stderr, "pgtx-race bench: %s with %d clients broke an invariant: %s\n",
+                    race_strategy_name(s->rs[i].strategy), s->rs[i].clients,
+                    s->rs[i].detail);
+            break;
+        }
     return rc;
 }
 
@@ -543,7 +559,7 @@ static int bench_with(const bench_config *cfg, const char *conninfo)
     char err[512] = "";
     bench_env env = {0};
     bench_session s = {.env = &env};
-    int rc = 3;
+    int rc = RACE_EXIT_CANNOT_RUN;
     s.rs = calloc((size_t)(strategy_count(cfg) * cfg->nclients), sizeof *s.rs);
     if (s.rs == NULL)
         snprintf(err, sizeof err, "out of memory");
@@ -554,7 +570,7 @@ static int bench_with(const bench_config *cfg, const char *conninfo)
         rc = report(&s, server);
     }
     if (err[0] != '\0')
-        fprintf(stderr, "pgtx-race bench: %s\n", err);
+        fprintf(stderr, "pgtx-race bench: %s\n", pgtx_one_line_(err));
     env_close(&env);
     free(s.rs);
     return rc;
@@ -566,13 +582,16 @@ int race_bench_main(int argc, char **argv)
     int rc = parse_args(&cfg, argc, argv);
     if (rc >= 0)
         return rc;
-    const char *conninfo = NULL;
+    race_database db;
     char err[512];
-    if (!race_database_open(cfg.database, &conninfo, err, sizeof err)) {
-        fprintf(stderr, "pgtx-race bench: %s\n", err);
-        return 3;
+    if (!race_database_choose(cfg.database, cfg.data_dir, &db, err, sizeof err)) {
+        fprintf(stderr, "pgtx-race bench: %s (see pgtx-race bench --help)\n", err);
+        return RACE_EXIT_USAGE;
     }
-    rc = bench_with(&cfg, conninfo);
-    race_database_close();
-    return rc;
+    const char *conninfo = NULL;
+    if (!race_database_open(&db, &conninfo, err, sizeof err)) {
+        fprintf(stderr, "pgtx-race bench: %s\n", err);
+        return RACE_EXIT_CANNOT_RUN;
+    }
+    return race_database_finish(bench_with(&cfg, conninfo));
 }

@@ -56,6 +56,7 @@ typedef struct bench_config {
     int64_t quantity; /* coupon */
     int64_t stock;    /* order */
     const char *database; /* NULL: not given */
+    const char *data_dir; /* NULL: not given */
     const char *plot;     /* NULL: no plot */
     bool json;
     bool pgbench;

@@ -522,17 +522,62 @@ static const char *begin_for(race_strategy s)
                                   : "BEGIN ISOLATION LEVEL READ COMMITTED";
 }
 
+/* A step that failed with an error no strategy expects (not a
+   serialization failure, deadlock or unique violation): the run says
+   nothing about the strategy. */
+static const row *unexpected_error(const replay *r)
+{
+    for (int i = 0; i < r->n_rows; i++)
+        if (strcmp(r->rows[i].kind, "error") == 0)
+            return &r->rows[i];
+    return NULL;
+}
+
+/* The verdict, once both transactions ended: printed on stdout, with one
+   line on stderr when the run cannot count or broke the promise. */
+static int verdict(replay *r, PGconn *admin)
+{
+    char final[256];
+    bool correct = false;
+    if (running(r)) {
+        fprintf(stderr, "pgtx-race replay: did not finish in %d s\n", MAX_SECONDS);
+        return RACE_EXIT_CANNOT_RUN;
+    }
+    if (!check_final(admin, r->sc, final, sizeof final, &correct)) {
+        fprintf(stderr, "pgtx-race replay: %s\n", pgtx_one_line_(final));
+        return RACE_EXIT_CANNOT_RUN;
+    }
+    bool promised = (r->strategy == RACE_NAIVE && r->sc->naive_loses) ? !correct : correct;
+    if (r->json)
+        print_json(r, final, correct, promised);
+    else
+        print_table(r, final, correct, promised);
+    fflush(stdout);
+    const row *bad = unexpected_error(r);
+    if (bad) {
+        fprintf(stderr, "pgtx-race replay: T%d failed with an unexpected error: %s\n",
+                bad->tx, bad->text);
+        return RACE_EXIT_CANNOT_RUN;
+    }
+    if (!promised) {
+        fprintf(stderr, "pgtx-race replay: %s under %s did not end as the strategy "
+                        "promises: %s\n", r->sc->name, race_strategy_name(r->strategy), final);
+        return RACE_EXIT_BROKEN;
+    }
+    return RACE_EXIT_KEPT;
+}
+
 static int run(replay *r, const char *conninfo)
 {
     char err[512];
     PGconn *admin = connect_one(conninfo, "pgtx-race-replay", err, sizeof err);
     if (!admin) {
-        fprintf(stderr, "pgtx-race replay: %s", err);
-        return 1;
+        fprintf(stderr, "pgtx-race replay: %s\n", pgtx_one_line_(err));
+        return RACE_EXIT_CANNOT_RUN;
     }
-    int rc = 1;
+    int rc = RACE_EXIT_CANNOT_RUN;
     if (!exec_ok(admin, r->sc->setup_sql, err, sizeof err)) {
-        fprintf(stderr, "pgtx-race replay: set-up failed: %s", err);
+        fprintf(stderr, "pgtx-race replay: set-up failed: %s\n", pgtx_one_line_(err));
         goto out;
     }
     for (int i = 0; i < 2; i++) {
@@ -542,7 +587,7 @@ static int run(replay *r, const char *conninfo)
                    .attempt = 1, .state = TX_RUNNING};
         t->pg = connect_one(conninfo, "pgtx-race-replay", err, sizeof err);
         if (!t->pg) {
-            fprintf(stderr, "pgtx-race replay: %s", err);
+            fprintf(stderr, "pgtx-race replay: %s\n", pgtx_one_line_(err));
             goto out;
         }
     }
@@ -550,18 +595,7 @@ static int run(replay *r, const char *conninfo)
     for (size_t i = 0; i < sizeof SCHEDULE / sizeof SCHEDULE[0]; i++)
         turn(r, &r->t[SCHEDULE[i] - 1]);
     drain(r);
-    char final[256];
-    bool correct = false;
-    if (running(r) || !check_final(admin, r->sc, final, sizeof final, &correct)) {
-        fprintf(stderr, "pgtx-race replay: did not finish in %d s\n", MAX_SECONDS);
-        goto out;
-    }
-    bool promised = (r->strategy == RACE_NAIVE && r->sc->naive_loses) ? !correct : correct;
-    if (r->json)
-        print_json(r, final, correct, promised);
-    else
-        print_table(r, final, correct, promised);
-    rc = promised ? 0 : 1;
+    rc = verdict(r, admin);
 out:
     for (int i = 0; i < 2; i++)
         PQfinish(r->t[i].pg);
@@ -574,36 +608,56 @@ out:
 static void usage(FILE *to)
 {
     fprintf(to, "usage: pgtx-race replay SCENARIO --strategy S [--json] [--database CONNINFO]\n"
+                "                        [--data-dir DIR]\n"
                 "scenarios:");
     for (int i = 0; i < N_SCENARIOS; i++)
         fprintf(to, " %s", SCENARIOS[i]->name);
     fprintf(to, "\nstrategies: naive atomic lock optimistic serializable\n"
-                "Exit status 0 when the outcome is what the strategy promises\n"
-                "(naive promises to lose), 1 otherwise, 2 for a usage error.\n");
+                "--database: a libpq connection string or URI (\"\" means libpq's PG*\n"
+                "  environment); default DATABASE_URL, else an embedded cluster in\n"
+                "  --data-dir (default ./%s, or %s)\n"
+                "Exit status: 0 the outcome is what the strategy promises (naive promises\n"
+                "to lose); 1 it is not; 2 bad usage or a bad value; 3 could not run\n"
+                "(database unreachable, cluster failed to start, unexpected SQL error).\n",
+            RACE_DEFAULT_DATA_DIR, RACE_DATA_DIR_ENV);
 }
 
 typedef struct replay_args {
-    const char *scenario, *strategy, *database;
+    const char *scenario, *strategy, *database, *data_dir;
     bool json, help;
 } replay_args;
+
+static const char **value_of(replay_args *a, const char *flag)
+{
+    if (strcmp(flag, "--strategy") == 0)
+        return &a->strategy;
+    if (strcmp(flag, "--database") == 0)
+        return &a->database;
+    if (strcmp(flag, "--data-dir") == 0)
+        return &a->data_dir;
+    return NULL;
+}
 
 static bool parse_args(int argc, char **argv, replay_args *a)
 {
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
-        bool has_next = i + 1 < argc;
-        if (strcmp(s, "--json") == 0)
+        const char **value = value_of(a, s);
+        if (strcmp(s, "--json") == 0) {
             a->json = true;
-        else if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
+        } else if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0) {
             a->help = true;
-        else if (strcmp(s, "--strategy") == 0 && has_next)
-            a->strategy = argv[++i];
-        else if (strcmp(s, "--database") == 0 && has_next)
-            a->database = argv[++i];
-        else if (s[0] != '-' && !a->scenario)
+        } else if (value && i + 1 < argc) {
+            *value = argv[++i];
+        } else if (value) {
+            fprintf(stderr, "pgtx-race replay: %s needs a value "
+                            "(see pgtx-race replay --help)\n", s);
+            return false;
+        } else if (s[0] != '-' && !a->scenario) {
             a->scenario = s;
-        else {
-            fprintf(stderr, "pgtx-race replay: unexpected argument '%s'\n", s);
+        } else {
+            fprintf(stderr, "pgtx-race replay: unexpected argument '%s' "
+                            "(see pgtx-race replay --help)\n", s);
             return false;
         }
     }
@@ -618,34 +672,51 @@ static const scenario *find_scenario(const char *name)
     return NULL;
 }
 
+/* One line for a scenario or strategy that is missing or unknown. */
+static bool check_names(const replay_args *a, replay *r)
+{
+    r->sc = find_scenario(a->scenario);
+    if (!r->sc && a->scenario)
+        fprintf(stderr, "pgtx-race replay: unknown scenario '%s' "
+                        "(see pgtx-race replay --help)\n", a->scenario);
+    else if (!r->sc)
+        fprintf(stderr, "pgtx-race replay: missing scenario "
+                        "(see pgtx-race replay --help)\n");
+    else if (!a->strategy)
+        fprintf(stderr, "pgtx-race replay: missing --strategy "
+                        "(see pgtx-race replay --help)\n");
+    else if (!race_strategy_parse(a->strategy, &r->strategy))
+        fprintf(stderr, "pgtx-race replay: unknown strategy '%s' "
+                        "(see pgtx-race replay --help)\n", a->strategy);
+    else
+        return true;
+    return false;
+}
+
 int race_replay_main(int argc, char **argv)
 {
     replay_args a = {0};
-    if (!parse_args(argc, argv, &a)) {
-        usage(stderr);
-        return 2;
-    }
+    if (!parse_args(argc, argv, &a))
+        return RACE_EXIT_USAGE;
     if (a.help) {
         usage(stdout);
-        return 0;
+        return RACE_EXIT_KEPT;
     }
     replay r;
     memset(&r, 0, sizeof r);
     r.json = a.json;
-    r.sc = find_scenario(a.scenario);
-    if (!r.sc || !a.strategy || !race_strategy_parse(a.strategy, &r.strategy)) {
-        fprintf(stderr, "pgtx-race replay: %s\n",
-                !r.sc ? "unknown or missing scenario" : "unknown or missing --strategy");
-        usage(stderr);
-        return 2;
+    race_database db;
+    char err[512];
+    if (!check_names(&a, &r))
+        return RACE_EXIT_USAGE;
+    if (!race_database_choose(a.database, a.data_dir, &db, err, sizeof err)) {
+        fprintf(stderr, "pgtx-race replay: %s (see pgtx-race replay --help)\n", err);
+        return RACE_EXIT_USAGE;
     }
     const char *conninfo = NULL;
-    char err[512];
-    if (!race_database_open(a.database, &conninfo, err, sizeof err)) {
+    if (!race_database_open(&db, &conninfo, err, sizeof err)) {
         fprintf(stderr, "pgtx-race replay: %s\n", err);
-        return 1;
+        return RACE_EXIT_CANNOT_RUN;
     }
-    int rc = run(&r, conninfo);
-    race_database_close();
-    return rc;
+    return race_database_finish(run(&r, conninfo));
 }

@@ -65,6 +65,7 @@ static const shop_route ROUTES[] = {
           coupons_claim),
     ROUTE("POST", "/v1/orders", ACCESS_SIGNED_IN, true, orders_create),
     ROUTE("GET", "/v1/orders/{id}", ACCESS_SIGNED_IN, false, orders_get),
+    ROUTE("GET", "/openapi.yaml", ACCESS_ANYONE, false, docs_openapi),
 };
 
 #define ROUTE_COUNT (sizeof ROUTES / sizeof ROUTES[0])
@@ -241,6 +242,7 @@ void shop_app_handle(shop_app *app, const shop_request *req, shop_response *res)
     res->strategy = NULL;
     res->allow = NULL;
     res->code = NULL;
+    res->content_type = NULL;
     res->who = -1;
     if (req->method == NULL || req->path == NULL) {
         reply_error(res, 404, "not_found", "no route");

@@ -74,6 +74,7 @@ typedef enum opt_id {
     OPT_DATABASE,
     OPT_DATA_DIR,
     OPT_LISTEN,
+    OPT_REUSE_PORT,
     OPT_ADMIN_TOKEN,
     OPT_THREADS,
     OPT_QUEUE,
@@ -109,7 +110,12 @@ static const opt_spec specs[OPT_COUNT] = {
                       "is kept\nin the folder above it"},
     [OPT_LISTEN] = {"--listen", "PGTX_LISTEN", "HOST:PORT", NOT_A_NUMBER,
                     "address to listen on ([::1]:PORT for IPv6); port 0 picks "
-                    "a free one;\nseveral processes may share it (SO_REUSEPORT)"},
+                    "a free one;\nthis process's alone: one that another "
+                    "holds is exit 1, unless --reuse-port"},
+    [OPT_REUSE_PORT] = {"--reuse-port", "PGTX_REUSE_PORT", NULL, NOT_A_NUMBER,
+                        "share --listen's address with other processes that "
+                        "also ask for it\n(SO_REUSEPORT; the kernel spreads "
+                        "connections among them)"},
     [OPT_ADMIN_TOKEN] = {"--admin-token", "PGTX_ADMIN_TOKEN", "TOKEN",
                          NOT_A_NUMBER,
                          "admin bearer token; unset: generated on first run "
@@ -196,6 +202,7 @@ static void default_text(opt_id id, const shop_config *d, char *out, size_t n)
     case OPT_DATABASE: snprintf(out, n, "embedded cluster"); break;
     case OPT_DATA_DIR: snprintf(out, n, "%s", d->data_dir); break;
     case OPT_LISTEN: snprintf(out, n, "%s", SHOP_DEFAULT_LISTEN); break;
+    case OPT_REUSE_PORT: snprintf(out, n, "off"); break;
     case OPT_ADMIN_TOKEN: snprintf(out, n, "generated, in DIR/../admin-token"); break;
     case OPT_THREADS:
         snprintf(out, n, "4 x cores, at least 8: %d here", d->threads);
@@ -221,8 +228,8 @@ static void usage(FILE *to)
     config_defaults(&d);
     fprintf(to, "usage: pgtx-shop [OPTIONS]\n\n"
                 "The purchase and coupon service over PostgreSQL.  Every option "
-                "may also come\nfrom its environment variable; a flag wins over "
-                "the environment.\n\n");
+                "may also come\nfrom its environment variable; a flag wins, and "
+                "its variable is then not read.\n\n");
     for (int i = 0; i < OPT_COUNT; i++) {
         char def[64];
         default_text((opt_id)i, &d, def, sizeof def);
@@ -237,10 +244,19 @@ static void usage(FILE *to)
         }
         fputs("\n", to);
     }
-    fprintf(to, "  --help\n      this text\n  --version\n      the version, then exit\n");
+    fprintf(to, "  --help\n      this text\n  --version\n      the version, then exit\n"
+                "\nExit status: 0 after SIGTERM or SIGINT and a clean stop; 1 when it "
+                "cannot start\n(address already in use, database unreachable, ...) or "
+                "stop cleanly; 2 for a\nbad option or value (one line on stderr).\n");
 }
 
 /* ---- parsing one value ---------------------------------------------------- */
+
+/* What the values are written into. */
+typedef struct targets {
+    shop_config *cfg;
+    shop_process_config *proc;
+} targets;
 
 /* Where a value came from, for error messages: a flag or a variable. */
 typedef struct origin {
@@ -356,6 +372,17 @@ static bool parse_strategy(origin o, const char *s, shop_strategy *out)
     return true;
 }
 
+/* The syntax and the port now: libpq would find them only when it
+   connects, after the start-up retries, as a connection failure. */
+static bool check_conninfo(origin o, const char *s)
+{
+    pgtx_error err;
+    if (pgtx_conninfo_check(s, &err) == PGTX_OK)
+        return true;
+    fprintf(stderr, "pgtx-shop: %s: %s (see --help)\n", o.name, err.message);
+    return false;
+}
+
 static bool set_int(opt_id id, origin o, const char *s, int *field)
 {
     long long v;
@@ -365,17 +392,23 @@ static bool set_int(opt_id id, origin o, const char *s, int *field)
     return true;
 }
 
-static bool apply(opt_id id, origin o, const char *s, shop_config *cfg)
+static bool apply(opt_id id, origin o, const char *s, targets t)
 {
+    shop_config *cfg = t.cfg;
     long long v;
     switch (id) {
-    case OPT_DATABASE: cfg->database = s; return true;
+    case OPT_DATABASE:
+        if (!check_conninfo(o, s))
+            return false;
+        cfg->database = s;
+        return true;
     case OPT_DATA_DIR:
         if (*s == '\0')
             return bad(o, s, "is empty");
         cfg->data_dir = s;
         return true;
     case OPT_LISTEN: return parse_listen(o, s, cfg);
+    case OPT_REUSE_PORT: return parse_bool(o, s, &t.proc->reuse_port);
     case OPT_ADMIN_TOKEN:
         if (*s == '\0')
             return bad(o, s, "is empty");
@@ -404,18 +437,6 @@ static bool apply(opt_id id, origin o, const char *s, shop_config *cfg)
 
 /* ---- environment and argv ------------------------------------------------ */
 
-/* An empty variable counts as unset: `VAR= pgtx-shop` is a common way to
-   clear one.  (An empty --database, by contrast, means libpq's defaults.) */
-static bool apply_environment(shop_config *cfg)
-{
-    for (int i = 0; i < OPT_COUNT; i++) {
-        const char *v = getenv(specs[i].env);
-        if (v && *v && !apply((opt_id)i, (origin){specs[i].env}, v, cfg))
-            return false;
-    }
-    return true;
-}
-
 static int find_flag(const char *arg, size_t len)
 {
     for (int i = 0; i < OPT_COUNT; i++)
@@ -424,8 +445,38 @@ static int find_flag(const char *arg, size_t len)
     return -1;
 }
 
+/* Which options the command line sets, read as apply_arg reads them
+   (unknown arguments are apply_arg's to report). */
+static void flags_given(int argc, char **argv, bool given[OPT_COUNT])
+{
+    for (int i = 1; i < argc; i++) {
+        const char *eq = strchr(argv[i], '=');
+        size_t len = eq ? (size_t)(eq - argv[i]) : strlen(argv[i]);
+        int id = strncmp(argv[i], "--", 2) == 0 ? find_flag(argv[i], len) : -1;
+        if (id < 0)
+            continue;
+        given[id] = true;
+        if (specs[id].metavar && !eq)
+            i++; /* its value */
+    }
+}
+
+/* A variable whose flag is given is not read: the flag is how a broken
+   value inherited from the environment is put right.  An empty variable
+   counts as unset: `VAR= pgtx-shop` is a common way to clear one.  (An
+   empty --database, by contrast, means libpq's defaults.) */
+static bool apply_environment(const bool given[OPT_COUNT], targets t)
+{
+    for (int i = 0; i < OPT_COUNT; i++) {
+        const char *v = given[i] ? NULL : getenv(specs[i].env);
+        if (v && *v && !apply((opt_id)i, (origin){specs[i].env}, v, t))
+            return false;
+    }
+    return true;
+}
+
 /* One argument (and maybe the next); returns how many it used, 0 on error. */
-static int apply_arg(int argc, char **argv, int i, shop_config *cfg)
+static int apply_arg(int argc, char **argv, int i, targets t)
 {
     const char *arg = argv[i];
     const char *eq = strchr(arg, '=');
@@ -436,20 +487,16 @@ static int apply_arg(int argc, char **argv, int i, shop_config *cfg)
         return 0;
     }
     origin o = {specs[id].flag};
-    if (specs[id].metavar == NULL) { /* a switch: --allow-unsafe[=BOOL] */
-        if (eq)
-            return apply((opt_id)id, o, eq + 1, cfg) ? 1 : 0;
-        cfg->allow_unsafe = true;
-        return 1;
-    }
+    if (specs[id].metavar == NULL) /* a switch: --allow-unsafe[=BOOL] */
+        return apply((opt_id)id, o, eq ? eq + 1 : "1", t) ? 1 : 0;
     if (eq)
-        return apply((opt_id)id, o, eq + 1, cfg) ? 1 : 0;
+        return apply((opt_id)id, o, eq + 1, t) ? 1 : 0;
     if (i + 1 >= argc) {
         fprintf(stderr, "pgtx-shop: %s needs a value %s (see --help)\n", arg,
                 specs[id].metavar);
         return 0;
     }
-    return apply((opt_id)id, o, argv[i + 1], cfg) ? 2 : 0;
+    return apply((opt_id)id, o, argv[i + 1], t) ? 2 : 0;
 }
 
 static bool wants_help(int argc, char **argv)
@@ -478,7 +525,8 @@ static bool wants_version(int argc, char **argv)
     return false;
 }
 
-shop_config_result shop_config_parse(int argc, char **argv, shop_config *cfg)
+shop_config_result shop_config_parse(int argc, char **argv, shop_config *cfg,
+                                     shop_process_config *proc)
 {
     if (wants_help(argc, argv)) {
         usage(stdout);
@@ -489,10 +537,14 @@ shop_config_result shop_config_parse(int argc, char **argv, shop_config *cfg)
         return SHOP_CONFIG_EXIT;
     }
     config_defaults(cfg);
-    if (!apply_environment(cfg))
+    *proc = (shop_process_config){.reuse_port = false};
+    targets t = {cfg, proc};
+    bool given[OPT_COUNT] = {false};
+    flags_given(argc, argv, given);
+    if (!apply_environment(given, t))
         return SHOP_CONFIG_BAD;
     for (int i = 1; i < argc;) {
-        int used = apply_arg(argc, argv, i, cfg);
+        int used = apply_arg(argc, argv, i, t);
         if (used == 0)
             return SHOP_CONFIG_BAD;
         i += used;

@@ -1,8 +1,8 @@
 # embed_sql.cmake: writes the shop's migrations (SQL_DIR/NNN_what.sql) into a
 # C file (OUT) so that the binary carries its schema and needs no files at
 # run time.  Run as `cmake -DSQL_DIR=... -DOUT=... -P embed_sql.cmake`.
-# The scripts become byte arrays, not string literals: a schema easily
-# passes the 4095 characters ISO C promises for a literal.
+# The scripts become byte arrays (embed_bytes.cmake says why).
+include(${CMAKE_CURRENT_LIST_DIR}/embed_bytes.cmake)
 file(GLOB scripts "${SQL_DIR}/*.sql")
 list(SORT scripts)
 set(arrays "")
@@ -14,9 +14,8 @@ foreach(f ${scripts})
     message(FATAL_ERROR "${name}: a migration is named NNN_what.sql")
   endif()
   string(REGEX REPLACE "^0*([0-9])" "\\1" version "${CMAKE_MATCH_1}")
-  file(READ "${f}" hex HEX)
-  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
-  string(APPEND arrays "/* ${name} */\nstatic const unsigned char SQL_${i}[] = {\n    ${bytes}0};\n\n")
+  embed_bytes("${f}" "static const unsigned char" "SQL_${i}" array len)
+  string(APPEND arrays "/* ${name} */\n${array}\n")
   string(APPEND entries "    {${version}, \"${name}\", (const char *)SQL_${i}},\n")
   math(EXPR i "${i} + 1")
 endforeach()

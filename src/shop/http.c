@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -114,7 +115,9 @@ static void add_headers(shop_http *h, struct MHD_Response *resp,
                         const http_job *job, bool close)
 {
     char num[16];
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, job->content_type);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            job->res.content_type ? job->res.content_type
+                                                  : job->content_type);
     if (job->res.retries >= 0) {
         snprintf(num, sizeof num, "%d", job->res.retries);
         MHD_add_response_header(resp, "Pgtx-Retries", num);
@@ -664,37 +667,154 @@ static bool init_sync(shop_http *h)
     return ok;
 }
 
-static bool start_daemon(shop_http *h, char *err, size_t errlen)
+/* ---- the listening socket -------------------------------------------------- */
+
+struct shop_listener {
+    int fd;
+    int port;       /* bound: the real one when port 0 was asked */
+    int family;
+    char addr[300]; /* HOST:PORT as asked, for messages */
+};
+
+static void in_use(const shop_listener *l, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "cannot listen on %s: address already in use "
+             "(--reuse-port on every process shares it)", l->addr);
+}
+
+static void cannot(const shop_listener *l, const char *what, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "cannot listen on %s: %s: %s", l->addr, what, strerror(errno));
+}
+
+static bool set_option(int fd, int level, int name)
+{
+    int one = 1;
+    return setsockopt(fd, level, name, &one, sizeof one) == 0;
+}
+
+/* SO_REUSEADDR lets a restart bind past the last run's TIME_WAIT
+   connections; on Linux it never lets two sockets listen on one address.
+   SO_REUSEPORT does, and only among sockets that all asked for it. */
+static bool bind_socket(shop_listener *l, const struct sockaddr_storage *ss,
+                        socklen_t len, bool reuse_port, char *err, size_t errlen)
+{
+    l->fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l->fd < 0) {
+        cannot(l, "socket", err, errlen);
+        return false;
+    }
+    if (!set_option(l->fd, SOL_SOCKET, SO_REUSEADDR) ||
+        (reuse_port && !set_option(l->fd, SOL_SOCKET, SO_REUSEPORT)) ||
+        (ss->ss_family == AF_INET6 && !set_option(l->fd, IPPROTO_IPV6, IPV6_V6ONLY))) {
+        cannot(l, "setsockopt", err, errlen);
+        return false;
+    }
+    if (bind(l->fd, (const struct sockaddr *)ss, len) != 0) {
+        if (errno == EADDRINUSE)
+            in_use(l, err, errlen);
+        else
+            cannot(l, "bind", err, errlen);
+        return false;
+    }
+    return true;
+}
+
+static bool bound_port(shop_listener *l, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    socklen_t sslen;
-    if (!shop_listen_resolve(h->cfg->listen_host, h->cfg->listen_port, &ss, &sslen)) {
-        snprintf(err, errlen, "cannot resolve %s", h->cfg->listen_host);
+    socklen_t len = sizeof ss;
+    if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0) {
+        cannot(l, "getsockname", err, errlen);
+        return false;
+    }
+    l->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                             : ((struct sockaddr_in *)&ss)->sin_port);
+    return true;
+}
+
+shop_listener *shop_listener_bind(const shop_config *cfg, bool reuse_port, char *err,
+                                  size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (!shop_listen_resolve(cfg->listen_host, cfg->listen_port, &ss, &len)) {
+        snprintf(err, errlen, "cannot resolve %s", cfg->listen_host);
+        return NULL;
+    }
+    shop_listener *l = calloc(1, sizeof *l);
+    if (l == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    bool v6 = strchr(cfg->listen_host, ':') != NULL;
+    snprintf(l->addr, sizeof l->addr, "%s%s%s:%d", v6 ? "[" : "", cfg->listen_host,
+             v6 ? "]" : "", cfg->listen_port);
+    l->family = ss.ss_family;
+    if (!bind_socket(l, &ss, len, reuse_port, err, errlen) || !bound_port(l, err, errlen)) {
+        shop_listener_close(l);
+        return NULL;
+    }
+    return l;
+}
+
+void shop_listener_close(shop_listener *l)
+{
+    if (l == NULL)
+        return;
+    if (l->fd >= 0)
+        close(l->fd);
+    free(l);
+}
+
+/* Listening only now, not at bind time: a process sharing the port gets
+   no connections before it can answer them. */
+static bool start_listening(shop_listener *l, char *err, size_t errlen)
+{
+    if (listen(l->fd, SOMAXCONN) != 0) {
+        if (errno == EADDRINUSE) /* bound beside another that listened first */
+            in_use(l, err, errlen);
+        else
+            cannot(l, "listen", err, errlen);
+        return false;
+    }
+    if (fcntl(l->fd, F_SETFL, fcntl(l->fd, F_GETFL) | O_NONBLOCK) != 0) {
+        cannot(l, "fcntl", err, errlen);
+        return false;
+    }
+    return true;
+}
+
+/* Takes the listener: MHD owns its socket from here on. */
+static bool start_daemon(shop_http *h, shop_listener *l, char *err, size_t errlen)
+{
+    if (!start_listening(l, err, errlen)) {
+        shop_listener_close(l);
         return false;
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ss.ss_family == AF_INET6)
+    if (l->family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    errno = 0;
     h->daemon = MHD_start_daemon(
-        flags, (uint16_t)h->cfg->listen_port, NULL, NULL, on_request, h,
+        flags, (uint16_t)l->port, NULL, NULL, on_request, h,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, /* first: MHD wants it so */
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)l->fd,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT_S,
         MHD_OPTION_STRICT_FOR_CLIENT, 1,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_path, h,
         MHD_OPTION_END);
-    if (h->daemon == NULL) {
-        snprintf(err, errlen, "cannot listen on %s:%d (%s)", h->cfg->listen_host,
-                 h->cfg->listen_port, errno ? strerror(errno) : "see above");
-        return false;
-    }
-    const union MHD_DaemonInfo *di =
-        MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = di ? di->port : h->cfg->listen_port;
-    return true;
+    h->port = l->port;
+    if (h->daemon == NULL)
+        snprintf(err, errlen, "cannot serve on %s (%s)", l->addr,
+                 errno ? strerror(errno) : "see above");
+    /* MHD owns the socket now, and on failure may have closed it already:
+       leaving it open is harmless, as the process is on its way out. */
+    l->fd = -1;
+    shop_listener_close(l);
+    return h->daemon != NULL;
 }
 
 static void http_free(shop_http *h)
@@ -713,13 +833,14 @@ static void http_free(shop_http *h)
     free(h);
 }
 
-shop_http *shop_http_start(const shop_config *cfg, shop_app *app,
+shop_http *shop_http_start(const shop_config *cfg, shop_listener *l, shop_app *app,
                            pgtx_pool *pool, shop_metrics *metrics, char *err,
                            size_t errlen)
 {
     shop_http *h = calloc(1, sizeof *h);
     if (h == NULL || !init_sync(h)) {
         free(h);
+        shop_listener_close(l);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
@@ -732,11 +853,16 @@ shop_http *shop_http_start(const shop_config *cfg, shop_app *app,
     h->ring = calloc((size_t)h->cap, sizeof *h->ring);
     if (h->ring == NULL || !start_workers(h, cfg->threads)) {
         snprintf(err, errlen, "cannot start %d worker threads", cfg->threads);
+        shop_listener_close(l);
         http_free(h);
         return NULL;
     }
-    errno = 0;
-    if (!create_health_engine(h, err, errlen) || !start_daemon(h, err, errlen)) {
+    if (!create_health_engine(h, err, errlen)) {
+        shop_listener_close(l);
+        http_free(h);
+        return NULL;
+    }
+    if (!start_daemon(h, l, err, errlen)) {
         http_free(h);
         return NULL;
     }

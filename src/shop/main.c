@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "localpg.h"
+#include "notify.h"
 
 /* How long start-up keeps trying to reach the database. */
 #define CONNECT_WAIT_MS 5000
@@ -30,6 +31,8 @@
 
 typedef struct service {
     shop_config cfg;
+    shop_process_config proc;
+    shop_listener *listener; /* owned until start_http hands it over */
     lpg_cluster *cluster;   /* owned when the database is embedded */
     const char *conninfo;   /* borrowed from cfg or the cluster */
     pgtx_pool *pool;        /* owned, like the three below */
@@ -114,6 +117,19 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* ---- the address, first: a busy one stops us before anything starts ------ */
+
+static bool bind_address(service *s)
+{
+    char err[400];
+    s->listener = shop_listener_bind(&s->cfg, s->proc.reuse_port, err, sizeof err);
+    if (s->listener == NULL) {
+        fprintf(stderr, "pgtx-shop: %s\n", err);
+        return false;
+    }
+    return true;
+}
+
 /* ---- the database ---------------------------------------------------------- */
 
 static bool start_embedded(service *s)
@@ -157,22 +173,6 @@ static void on_pool_log(void *arg, pgtx_log_level level, const char *msg)
                                        : SHOP_LOG_DEBUG, "%s", msg);
 }
 
-/* libpq's messages span lines; an error on stderr is one. */
-static const char *one_line(char *msg)
-{
-    size_t o = 0;
-    for (const char *p = msg; *p; p++) {
-        bool space = *p == '\n' || *p == '\t' || *p == ' ';
-        if (space && (o == 0 || msg[o - 1] == ' '))
-            continue;
-        msg[o++] = space ? ' ' : *p;
-    }
-    while (o > 0 && msg[o - 1] == ' ')
-        o--;
-    msg[o] = '\0';
-    return msg;
-}
-
 static bool create_pool(service *s)
 {
     pgtx_pool_config pc;
@@ -188,7 +188,7 @@ static bool create_pool(service *s)
     pc.log = on_pool_log;
     pgtx_error e;
     if (pgtx_pool_create(&pc, &s->pool, &e) != PGTX_OK) {
-        fprintf(stderr, "pgtx-shop: cannot create the connection pool: %s\n", one_line(e.message));
+        fprintf(stderr, "pgtx-shop: cannot create the connection pool: %s\n", e.message);
         return false;
     }
     return true;
@@ -211,12 +211,12 @@ static bool wait_for_database(service *s)
         if (stop_requested || now_ms() >= deadline) {
             atomic_store(&pool_quiet, false);
             fprintf(stderr, "pgtx-shop: cannot reach the database (tried for %d s): %s\n",
-                    CONNECT_WAIT_MS / 1000, one_line(e.message));
+                    CONNECT_WAIT_MS / 1000, e.message);
             return false;
         }
         if (attempt == 0)
             shop_log(SHOP_LOG_WARN, "database not reachable yet, retrying for %d s: %s",
-                     CONNECT_WAIT_MS / 1000, one_line(e.message));
+                     CONNECT_WAIT_MS / 1000, e.message);
         sleep_ms(250);
     }
 }
@@ -225,7 +225,7 @@ static bool migrate(service *s)
 {
     pgtx_error e;
     if (shop_migrate(s->pool, &e) != PGTX_OK) {
-        fprintf(stderr, "pgtx-shop: database migrations failed: %s\n", one_line(e.message));
+        fprintf(stderr, "pgtx-shop: database migrations failed: %s\n", e.message);
         return false;
     }
     return true;
@@ -380,7 +380,7 @@ static bool create_app(service *s)
     pgtx_error e;
     if (shop_app_create(s->pool, s->metrics, &s->cfg, s->token, &s->app, &e) !=
         PGTX_OK) {
-        fprintf(stderr, "pgtx-shop: cannot set up the service: %s\n", one_line(e.message));
+        fprintf(stderr, "pgtx-shop: cannot set up the service: %s\n", e.message);
         return false;
     }
     return true;
@@ -388,8 +388,10 @@ static bool create_app(service *s)
 
 static bool start_http(service *s)
 {
-    char err[256];
-    s->http = shop_http_start(&s->cfg, s->app, s->pool, s->metrics, err, sizeof err);
+    char err[400];
+    s->http = shop_http_start(&s->cfg, s->listener, s->app, s->pool, s->metrics, err,
+                              sizeof err);
+    s->listener = NULL; /* the server's now, even when it failed */
     if (s->http == NULL) {
         fprintf(stderr, "pgtx-shop: %s\n", err);
         return false;
@@ -421,8 +423,9 @@ static void print_ready(const service *s)
 
 static bool start(service *s)
 {
-    bool (*const steps[])(service *) = {open_database, create_pool, wait_for_database,
-                                         migrate, admin_token, create_app, start_http};
+    bool (*const steps[])(service *) = {bind_address, open_database, create_pool,
+                                         wait_for_database, migrate, admin_token,
+                                         create_app, start_http};
     for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
         if (stop_requested || !steps[i](s))
             return false;
@@ -435,6 +438,7 @@ static bool stop(service *s)
 {
     if (s->http && !shop_http_stop(s->http, DRAIN_MS))
         shop_log(SHOP_LOG_WARN, "shutdown did not drain within %d ms", DRAIN_MS);
+    shop_listener_close(s->listener);
     if (s->app)
         shop_app_destroy(s->app);
     if (s->pool && pgtx_pool_close(s->pool, 5000) != PGTX_OK)
@@ -455,7 +459,7 @@ static bool stop(service *s)
 int main(int argc, char **argv)
 {
     static service s; /* large (paths): not on the stack */
-    switch (shop_config_parse(argc, argv, &s.cfg)) {
+    switch (shop_config_parse(argc, argv, &s.cfg, &s.proc)) {
     case SHOP_CONFIG_EXIT: return 0;
     case SHOP_CONFIG_BAD: return 2;
     case SHOP_CONFIG_RUN: break;
@@ -472,7 +476,9 @@ int main(int argc, char **argv)
     bool started = start(&s);
     if (started) {
         print_ready(&s);
+        shop_notify_ready();
         wait_for_signal();
+        shop_notify_stopping();
         shop_log(SHOP_LOG_INFO, "shutting down");
     } else if (stop_requested) {
         shop_log(SHOP_LOG_INFO, "stopped during start-up");

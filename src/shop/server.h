@@ -26,16 +26,25 @@
 #define SHOP_DEFAULT_DATA_DIR ".pgtx/pgdata"
 #define SHOP_DEFAULT_LISTEN "127.0.0.1:8080"
 
+/* What only the process side reads; the app sees shop_config alone. */
+typedef struct shop_process_config {
+    bool reuse_port; /* SO_REUSEPORT: processes that all ask share the address */
+} shop_process_config;
+
 typedef enum shop_config_result {
     SHOP_CONFIG_RUN,  /* *cfg is ready */
     SHOP_CONFIG_EXIT, /* --help was printed: exit 0 */
     SHOP_CONFIG_BAD   /* one line was printed on stderr: exit 2 */
 } shop_config_result;
 
-/* Fills *cfg from the defaults, then the environment, then argv (flags win).
-   Strings in *cfg are borrowed from argv, the environment or static text:
-   they live as long as the process. */
-shop_config_result shop_config_parse(int argc, char **argv, shop_config *cfg);
+/* Fills *cfg and *proc from the defaults, then the environment, then argv.
+   A flag wins, and the variable it stands for is then not read at all (a
+   bad value there is no error).  A connection string is checked for syntax
+   and port here, before anything starts.  Strings in *cfg are borrowed
+   from argv, the environment or static text: they live as long as the
+   process. */
+shop_config_result shop_config_parse(int argc, char **argv, shop_config *cfg,
+                                     shop_process_config *proc);
 
 /* The listening address of HOST:PORT as given (host without IPv6 brackets,
    numeric or a name).  False when it does not resolve. */
@@ -79,13 +88,24 @@ char *shop_metrics_render(shop_metrics *m, pgtx_pool *pool,
 /* ---- HTTP server (http.c) ------------------------------------------------ */
 
 typedef struct shop_http shop_http;
+typedef struct shop_listener shop_listener;
 
-/* Starts listening on cfg's address with cfg->threads workers.  Borrows
-   everything it is given (they must outlive shop_http_destroy).  On failure
-   returns NULL and writes a sentence into err. */
-shop_http *shop_http_start(const shop_config *cfg, shop_app *app,
-                           pgtx_pool *pool, shop_metrics *metrics,
-                           char *err, size_t errlen);
+/* Binds cfg's address, without listening yet: done first at start-up, so
+   that a busy address fails before a database is started or migrated.
+   Exclusive unless reuse_port.  NULL with one line in err on failure
+   ("... address already in use (--reuse-port ...)" when taken). */
+shop_listener *shop_listener_bind(const shop_config *cfg, bool reuse_port,
+                                  char *err, size_t errlen);
+/* For a listener never given to shop_http_start; NULL is fine. */
+void shop_listener_close(shop_listener *l);
+
+/* Starts listening on l (which it takes, even on failure) with
+   cfg->threads workers.  Borrows everything else it is given (they must
+   outlive shop_http_stop).  On failure returns NULL and writes a sentence
+   into err. */
+shop_http *shop_http_start(const shop_config *cfg, shop_listener *l,
+                           shop_app *app, pgtx_pool *pool,
+                           shop_metrics *metrics, char *err, size_t errlen);
 
 /* The port actually bound (the real one when cfg asked for 0). */
 int shop_http_port(const shop_http *h);

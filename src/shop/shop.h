@@ -111,6 +111,7 @@ typedef struct shop_response {
     const char *allow;   /* static Allow header value for a 405 ("GET, POST"),
                             or NULL; http.c sets it to NULL before the call */
     const char *code;    /* static error code of the body, for logs, or NULL */
+    const char *content_type; /* static; NULL: application/json */
     int64_t who;         /* for logs: the account acting, 0 the admin, -1 nobody */
 } shop_response;
 

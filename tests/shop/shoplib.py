@@ -14,9 +14,14 @@ database with psql, from the contract (API.md) and the fixed table names:
   "nothing changed" snapshot look only at this test's rows (the database may
   be shared with other test files running at the same time).
 - check_invariants(): the invariants of API.md as SQL over the fixed schema.
+- OpenAPI: every HTTP response that reaches a test through Client.request
+  or raw_exchange is checked against docs/openapi.yaml (the operation by
+  method and path template, the status, the JSON body against its schema,
+  the headers the document names); a mismatch fails the test.
 
 Every loop is bounded in count and time; waits poll with deadlines.
-Standard library only.
+Standard library, plus Debian's python3-yaml and python3-jsonschema (run
+under /usr/bin/python3) for the OpenAPI check.
 """
 
 import collections
@@ -37,6 +42,14 @@ import tempfile
 import threading
 import time
 import traceback
+
+try:
+    import jsonschema
+    import yaml
+except ImportError as e:
+    sys.exit("shoplib: %s: the end-to-end tests check every answer against docs/openapi.yaml and "
+             "need python3-yaml and python3-jsonschema; run them with /usr/bin/python3 "
+             "(scripts/deps.sh installs both)" % e)
 
 STRATEGIES = ("atomic", "lock", "optimistic", "serializable")
 INT64_MAX = 2**63 - 1
@@ -182,6 +195,258 @@ def id_array(ids):
     return "'{%s}'::bigint[]" % ",".join(str(int(i)) for i in sorted(ids))
 
 
+# ------------------------------------------------------------- OpenAPI -----
+
+OPENAPI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "openapi.yaml")
+JSON_TYPES = ("application/json",)
+
+
+def media_type(value):
+    """'text/plain; a=b' -> ('text/plain', 'text/plain; a=b'), normalised."""
+    parts = [p.strip() for p in (value or "").split(";") if p.strip()]
+    if not parts:
+        return "", ""
+    return parts[0].lower(), "; ".join([parts[0].lower()] + parts[1:])
+
+
+def unescape_unreserved(path):
+    """The path as the server routes it: only %XX of unreserved characters
+    decoded (see http.c); the query string ignored."""
+    def unescape(m):
+        c = chr(int(m.group(1), 16))
+        return c if re.fullmatch(r"[A-Za-z0-9._~-]", c) else m.group(0)
+    return re.sub(r"%([0-9A-Fa-f]{2})", unescape, path.split("?", 1)[0])
+
+
+class OpenApi:
+    """docs/openapi.yaml as a checker of the server's answers.  check()
+    raises TestFailure naming the route, the status, the body and what the
+    document says instead."""
+
+    METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+    def __init__(self, path=OPENAPI_PATH):
+        self.path = os.path.normpath(path)
+        # as the repository names it, for messages
+        self.name = os.path.relpath(self.path, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+        with open(self.path, "rb") as f:
+            self.raw = f.read()
+        self.doc = yaml.safe_load(self.raw)
+        self._local = threading.local()
+        self.lock = threading.Lock()
+        self.checked = collections.Counter()  # (route, status) -> responses checked
+        self.routes = [self._route(t, item) for t, item in self.doc.get("paths", {}).items()]
+        unrouted = self.doc.get("x-pgtx-unrouted", {})
+        self.unknown_path = unrouted.get("unknownPath", {}).get("responses", {})
+        self.other_method = unrouted.get("otherMethod", {}).get("responses", {})
+        # headers the document describes anywhere: present where it does not
+        # name them, they are undocumented
+        self.named_headers = set()
+        for resp in self._all_responses():
+            self.named_headers |= {k.lower() for k in self.resolve(resp).get("headers", {})}
+
+    # ---- the document
+    def resolve(self, obj):
+        """Follows $ref (local JSON pointers) until an object without one."""
+        seen = 0
+        while isinstance(obj, dict) and "$ref" in obj and set(obj) <= {"$ref", "summary", "description"}:
+            ref = obj["$ref"]
+            check(ref.startswith("#/"), "openapi: only local $refs are supported: %r" % ref)
+            target = self.doc
+            for part in ref[2:].split("/"):
+                part = part.replace("~1", "/").replace("~0", "~")
+                check(isinstance(target, dict) and part in target, "openapi: $ref %r does not resolve" % ref)
+                target = target[part]
+            obj, seen = target, seen + 1
+            check(seen < 20, "openapi: $ref loop at %r" % ref)
+        return obj
+
+    def _all_responses(self):
+        for _, item in self.doc.get("paths", {}).items():
+            for m in self.METHODS:
+                if m in item:
+                    yield from item[m].get("responses", {}).values()
+        yield from self.unknown_path.values()
+        yield from self.other_method.values()
+        yield from self.doc.get("components", {}).get("responses", {}).values()
+
+    def _route(self, template, item):
+        item = self.resolve(item)
+        params = {}
+        for p in item.get("parameters", []):
+            p = self.resolve(p)
+            if p.get("in") == "path":
+                params[p["name"]] = p
+        ops = {m: item[m] for m in self.METHODS if m in item}
+        for op in ops.values():
+            for p in op.get("parameters", []):
+                p = self.resolve(p)
+                if p.get("in") == "path":
+                    params[p["name"]] = p
+        segments = []
+        for seg in template.strip("/").split("/") if template != "/" else []:
+            m = re.fullmatch(r"\{([^}]+)\}", seg)
+            segments.append(("param", m.group(1)) if m else ("literal", seg))
+        return {"template": template, "segments": segments, "params": params, "ops": ops}
+
+    def _param_ok(self, param, text):
+        """A path segment against its parameter: an integer schema takes
+        canonical decimal only (as the server does), then the schema."""
+        schema = param.get("schema", {})
+        types = self._types(schema)
+        value = text
+        if "integer" in types:
+            if not re.fullmatch(r"[1-9][0-9]*|0", text):
+                return False
+            value = int(text)
+        return self._validator(schema).is_valid(value)
+
+    def _types(self, schema, depth=0):
+        schema = self.resolve(schema)
+        t = schema.get("type")
+        types = set([t] if isinstance(t, str) else t or [])
+        if "$ref" in schema and depth < 10:
+            types |= self._types({"$ref": schema["$ref"]}, depth + 1)
+        return types
+
+    def match(self, path):
+        """(route, path parameters) of the path, or (None, None)."""
+        segs = path.strip("/").split("/") if path != "/" else []
+        if path.endswith("/") and path != "/":
+            return None, None  # a trailing / matches no route
+        for route in self.routes:
+            if len(route["segments"]) != len(segs):
+                continue
+            values, ok = {}, True
+            for (kind, name), seg in zip(route["segments"], segs):
+                if kind == "literal":
+                    ok = seg == name
+                else:
+                    param = route["params"].get(name)
+                    ok = param is not None and self._param_ok(param, seg)
+                    values[name] = seg
+                if not ok:
+                    break
+            if ok:
+                return route, values
+        return None, None
+
+    def _validator(self, schema):
+        cache = getattr(self._local, "validators", None)
+        if cache is None:
+            cache = self._local.validators = {}
+            self._local.resolver = jsonschema.RefResolver("", self.doc)
+        v = cache.get(id(schema))
+        if v is None:
+            v = cache[id(schema)] = jsonschema.Draft202012Validator(schema, resolver=self._local.resolver)
+        return v
+
+    # ---- one answer
+    def check(self, method, path, r):
+        method = method.upper()
+        route, _ = self.match(unescape_unreserved(path))
+        op_method = "get" if method == "HEAD" else method.lower()
+        op = route["ops"].get(op_method) if route else None
+        if op is not None:
+            where = "%s %s (operationId %s)" % (method, route["template"], op.get("operationId"))
+            responses = op.get("responses", {})
+        elif route is not None:
+            where = "%s %s (no such operation: x-pgtx-unrouted.otherMethod)" % (method, route["template"])
+            responses = self.other_method
+        else:
+            where = "%s %s (no path matches: x-pgtx-unrouted.unknownPath)" % (method, path)
+            responses = self.unknown_path
+
+        def bad(what):
+            body = r.body[:600].decode("utf-8", "replace")
+            fail("OpenAPI (%s): %s answered %d, which %s\n    body: %s\n    headers: %s"
+                 % (self.name, where, r.status, what, body,
+                    {k: v for k, v in r.headers.items() if k in self.named_headers or k == "content-type"}))
+
+        key = next((k for k in (str(r.status), "%dXX" % (r.status // 100), "default") if k in responses), None)
+        if key is None:
+            bad("is not documented (documented: %s)" % ", ".join(sorted(responses)))
+        resp = self.resolve(responses[key])
+        self._check_headers(resp, r, bad)
+        if r.status == 405 and route is not None:
+            allow = {m.strip().upper() for m in r.headers.get("allow", "").split(",") if m.strip()}
+            want = {m.upper() for m in route["ops"]} | ({"HEAD"} if "get" in route["ops"] else set())
+            if allow != want:
+                bad("says Allow: %r, but the path's operations are %s" % (r.headers.get("allow"),
+                                                                         ", ".join(sorted(want))))
+        self._check_body(resp, method, r, bad)
+        with self.lock:
+            self.checked[(route["template"] if route else "(unrouted)", r.status)] += 1
+
+    def _check_headers(self, resp, r, bad):
+        documented = {}
+        for name, h in resp.get("headers", {}).items():
+            documented[name.lower()] = self.resolve(h)
+        for name in sorted(self.named_headers - set(documented)):
+            if name in r.headers:
+                bad("carries %s: %r, which the document does not name for this response"
+                    % (name, r.headers[name]))
+        for name, h in sorted(documented.items()):
+            value = r.headers.get(name)
+            if value is None:
+                if h.get("required"):
+                    bad("lacks the required header %s" % name)
+                continue
+            schema = h.get("schema", {})
+            if "integer" in self._types(schema):
+                try:
+                    value = int(value)
+                except ValueError:
+                    bad("has %s: %r, not an integer" % (name, value))
+            err = jsonschema.exceptions.best_match(self._validator(schema).iter_errors(value))
+            if err is not None:
+                bad("has %s: %r: %s" % (name, r.headers.get(name), err.message))
+
+    def _check_body(self, resp, method, r, bad):
+        content = resp.get("content")
+        if not content:
+            if r.body:
+                bad("has a body, but the document gives this response none")
+            return
+        base, full = media_type(r.headers.get("content-type"))
+        keys = {media_type(k)[1]: k for k in content}
+        mt = keys.get(full) or next((k for n, k in keys.items() if n == base), None)
+        if mt is None:
+            bad("has Content-Type %r; the document says %s"
+                % (r.headers.get("content-type"), " or ".join(sorted(content))))
+        if method == "HEAD":
+            if r.body:
+                bad("has a body, though the request was HEAD")
+            return
+        if not r.body:
+            bad("has an empty body; the document says %s" % mt)
+        schema = content[mt].get("schema")
+        if schema is None or media_type(mt)[0] not in JSON_TYPES:
+            return
+        try:
+            value = json.loads(r.body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            bad("is not JSON (%s)" % e)
+        errors = sorted(self._validator(schema).iter_errors(value), key=jsonschema.exceptions.relevance)
+        if errors:
+            lines = []
+            for e in errors[:5]:
+                e = jsonschema.exceptions.best_match([e])  # the deepest reason under oneOf and the like
+                at = "/".join(str(p) for p in e.absolute_path) or "(the body)"
+                lines.append("at %s: %s\n      (schema %s: %s)" % (
+                    at, e.message, "/".join(str(p) for p in e.absolute_schema_path), json.dumps(e.schema)[:240]))
+            bad("does not match the schema %s:\n    %s" % (json.dumps(schema)[:120], "\n    ".join(lines)))
+
+
+OPENAPI = OpenApi()
+
+
+def check_openapi(method, path, r):
+    """Checks one answer against docs/openapi.yaml (TestFailure if not)."""
+    OPENAPI.check(method, path, r)
+    return r
+
+
 # ---------------------------------------------------------------- HTTP -----
 
 class Response:
@@ -267,7 +532,7 @@ class Client:
         r = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
         if resp.will_close:
             self.close()
-        return r
+        return check_openapi(method, path, r)
 
 
 def metric(c, name):
@@ -295,18 +560,66 @@ def free_port():
 def raw_exchange(host, port, data, timeout=HTTP_TIMEOUT):
     """Sends raw bytes on a fresh socket; returns the parsed first response
     (or raises on a connection error)."""
+    method, path = data.split(b"\r\n", 1)[0].decode("latin-1").split(" ")[:2]
     s = socket.create_connection((host, port), timeout=timeout)
     try:
         s.sendall(data)
-        resp = http.client.HTTPResponse(s, method="POST")
+        resp = http.client.HTTPResponse(s, method=method)
         resp.begin()
         payload = resp.read()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
+        r = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
     finally:
         s.close()
+    return check_openapi(method, path, r)
 
 
 # -------------------------------------------------------------- servers -----
+
+class OwnProcess:
+    """A pgtx-shop started with a command line and environment of the test's
+    own (not Server's, which always passes --database and --admin-token):
+    stdout a pipe for the caller to read, stderr kept in a file, killed with
+    the test (setpriv --pdeathsig), its own session."""
+
+    def __init__(self, name, cmd, env, prefix="pgtx-own"):
+        self.name = name
+        self.errf = tempfile.NamedTemporaryFile(prefix="%s-%s-" % (prefix, name), suffix=".log", delete=False)
+        if SETPRIV:
+            cmd = [SETPRIV, "--pdeathsig", "KILL"] + list(cmd)  # setpriv execs: same pid
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.errf,
+                                     env=env, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def stderr_text(self):
+        with open(self.errf.name, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def terminate(self, sig=signal.SIGTERM, signalled=False):
+        """Send `sig` (unless sent already: a second SIGTERM kills) and
+        require exit 0 within the deadline; returns the seconds it took."""
+        t0 = time.monotonic()
+        name = signal.Signals(sig).name
+        if not signalled:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            fail("%s did not exit within %.0f s of %s (killed); stderr:\n%s"
+                 % (self.name, STOP_DEADLINE, name, self.stderr_text()))
+        check(rc == 0, lambda: "%s exited %s after %s, want 0; stderr:\n%s"
+              % (self.name, rc, name, self.stderr_text()))
+        return time.monotonic() - t0
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+        self.errf.close()
+        os.unlink(self.errf.name)
+
 
 class Server:
     """One pgtx-shop process."""
@@ -735,6 +1048,8 @@ def run(test_name, main, min_args=1):
         h.stop_all()
         _psql.close()
     took = time.monotonic() - t0
+    log("%s: %d answers checked against %s (%d route and status pairs)"
+        % (test_name, sum(OPENAPI.checked.values()), OPENAPI.name, len(OPENAPI.checked)))
     if h.failures:
         for f in h.failures:
             print("%s: FAIL: %s" % (test_name, f), file=sys.stderr, flush=True)

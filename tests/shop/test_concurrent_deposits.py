@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """test_concurrent_deposits - one hot account, two server processes.
 
-Two pgtx-shop processes share one port (SO_REUSEPORT); 64 clients, each on
+Two pgtx-shop processes share one port (--reuse-port); 64 clients, each on
 its own keep-alive connection (the kernel spreads them over the two), make
 50 deposits of 1 each to the same account.  Under every safe strategy every
 response is 200 and the final balance is exact (initial + 3200); the test
@@ -34,7 +34,7 @@ def deposit_lines(servers):
 
 def main(h):
     total = CLIENTS * PER_CLIENT
-    servers = h.start_pair()
+    servers = h.start_pair(extra=["--reuse-port"])
     shoplib.log("two servers on 127.0.0.1:%d (pids %d, %d); %d clients x %d deposits of 1"
                 % (servers[0].port, servers[0].proc.pid, servers[1].proc.pid, CLIENTS, PER_CLIENT))
     report = []
@@ -64,7 +64,7 @@ def main(h):
         shoplib.log("%s stopped on SIGTERM in %.2f s" % (srv.name, took))
 
     # naive: the lost update, on servers that allow it
-    unsafe = h.start_pair(extra=["--allow-unsafe"])
+    unsafe = h.start_pair(extra=["--reuse-port", "--allow-unsafe"])
     lost = None
     for attempt in range(1, 4):
         acct = h.create_account(INITIAL, c=h.client(unsafe[0].addr))

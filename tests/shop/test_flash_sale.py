@@ -4,7 +4,7 @@
 The accounts are created first (concurrently); then, under each safe
 strategy and with a fresh coupon each time, all 1000 claim it at once from
 100 client threads (each on its own keep-alive connection, spread over two
-server processes sharing a port).  Exactly 100 claims get 201, the other
+server processes sharing a port with --reuse-port).  Exactly 100 claims get 201, the other
 900 get 409 coupon_exhausted, nothing else; the coupon's remaining is 0,
 coupon_claim holds exactly the 100 winners once each, and the invariants
 hold.  Then every winner spends the coupon on two orders at once: exactly
@@ -30,7 +30,7 @@ THREADS = 100
 
 
 def main(h):
-    a, _ = h.start_pair()
+    a, _ = h.start_pair(extra=["--reuse-port"])
     with concurrent.futures.ThreadPoolExecutor(THREADS) as ex:
         t0 = time.monotonic()
         accounts = list(ex.map(lambda i: h.create_account(0), range(ACCOUNTS)))

@@ -3,7 +3,7 @@
 
 500 accounts (every 5th with a balance below the price) each order one unit
 of a product with stock 50, all at once from 100 client threads over two
-server processes sharing a port, under each safe strategy (a fresh product
+server processes sharing a port (--reuse-port), under each safe strategy (a fresh product
 each time; the accounts carry over, rich ones can afford every round).
 No oversell: exactly 50 orders succeed (the 400 solvent buyers outnumber the
 stock), count(201) = 50 - final stock, stock never below 0; every 201's
@@ -36,7 +36,7 @@ def is_poor(i):
 
 
 def main(h):
-    h.start_pair()
+    h.start_pair(extra=["--reuse-port"])
     start_balance = {}
     with concurrent.futures.ThreadPoolExecutor(THREADS) as ex:
         t0 = time.monotonic()

@@ -2,12 +2,13 @@
 """test_idempotency - one Idempotency-Key, ten clients at once.
 
 Under each safe strategy, a few times over: 10 clients (on their own
-connections, over two server processes sharing a port) send the same order
-with the same Idempotency-Key at the same instant.  Exactly one order row
-exists afterwards; all 10 get 201 or 200 with the same order (one 201 is the
-usual outcome); the account is charged and the stock taken once.  Then the
-same key with a different body is 422 idempotency_key_reused, sequentially
-and when both bodies race: the losers of the race never get an order.
+connections, over two server processes sharing a port with --reuse-port)
+send the same order with the same Idempotency-Key at the same instant.
+Exactly one order row exists afterwards; all 10 get 201 or 200 with the
+same order (one 201 is the usual outcome); the account is charged and the
+stock taken once.  Then the same key with a different body is 422
+idempotency_key_reused, sequentially and when both bodies race: the losers
+of the race never get an order.
 
 usage: test_idempotency.py PGTX_SHOP_BINARY
 """
@@ -30,7 +31,7 @@ PRICE = 7
 
 
 def main(h):
-    h.start_pair()
+    h.start_pair(extra=["--reuse-port"])
     first_201 = collections.Counter()
     with concurrent.futures.ThreadPoolExecutor(CLIENTS) as ex:
         # each pool thread opens its keep-alive connection first, so that the

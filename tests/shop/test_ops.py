@@ -19,7 +19,11 @@ shutdown with a request in flight, the generated admin token, IPv6.
 2. Start-up errors.  Bad flags exit 2 at once with exactly one line on
    stderr, print nothing on stdout and listen nowhere; --help exits 0 and
    lists every flag; an unreachable database ends the process (non-zero,
-   within 15 s) with one error line.
+   within 15 s) with one error line.  Bad connection strings (a port that is
+   not a number, no `=`, a broken URI) from --database or DATABASE_URL are
+   exit 2 with one line, at once, and a URI's password is not printed.
+   Every variable with a bad value is exit 2 naming it; all of them bad at
+   once, each overridden by a good flag, and the server starts and serves.
 3. SIGTERM mid-request.  A `lock`-strategy deposit waits for a row lock held
    by psql; SIGTERM arrives (the server logs that it is shutting down); the
    lock goes: the deposit answers 200, the server exits 0 and the deposit is
@@ -31,6 +35,13 @@ shutdown with a request in flight, the generated admin token, IPv6.
    data folder is left.
 5. IPv6: `--listen [::1]:0` serves /healthz (skipped with a note when ::1 is
    not configured).
+6. One address, one process, unless asked: while a server holds its port,
+   a second process on it exits 1 at once with one line naming the address
+   and --reuse-port, with or without --reuse-port of its own (the first did
+   not ask), and the first keeps serving.  Two processes that both pass
+   --reuse-port share the port: fresh connections reach both (each one's
+   request log shows some); a third without the flag is refused, one with
+   PGTX_REUSE_PORT=1 joins.
 
 usage: test_ops.py PGTX_SHOP_BINARY
 """
@@ -62,16 +73,21 @@ BLOCK_DEADLINE = 10.0 * SLOW      # for the server's request to reach the row lo
 SETTLE_DEADLINE = 10.0 * SLOW     # for the refused requests to be answered
 BAD_FLAG_DEADLINE = 5.0 * SLOW    # a bad flag must end the process this fast
 UNREACHABLE_DEADLINE = 15.0 * SLOW
+BUSY_DEADLINE = 5.0 * SLOW        # a busy address must end the process this fast
+SHARE_CONNECTIONS = 200           # fresh connections spread over two processes, at most
+SHARE_DEADLINE = 30.0 * SLOW
 
-FLAGS = ("--database", "--data-dir", "--listen", "--admin-token", "--threads", "--queue",
+FLAGS = ("--database", "--data-dir", "--listen", "--reuse-port", "--admin-token", "--threads", "--queue",
          "--pool-size", "--max-overflow", "--idle-timeout-ms", "--statement-cache", "--pool-timeout-ms",
          "--db-timeout-ms", "--strategy", "--allow-unsafe", "--log-level", "--max-body", "--help", "--version")
 
 
-def clean_env():
+def clean_env(extra=None):
     """The environment without the service's own variables: each run here
-    is configured by its flags alone."""
-    return {k: v for k, v in os.environ.items() if not (k.startswith("PGTX_") or k == "DATABASE_URL")}
+    is configured by its flags alone (and `extra`, when given)."""
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("PGTX_") or k == "DATABASE_URL")}
+    env.update(extra or {})
+    return env
 
 
 def refuses(host, port):
@@ -347,11 +363,11 @@ def check_overload(h):
 
 # ------------------------------------------------------------ start-up -----
 
-def run_bounded(cmd, timeout):
+def run_bounded(cmd, timeout, env=None):
     t0 = time.monotonic()
     try:
         p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env=clean_env(), timeout=timeout)
+                           env=clean_env(env), timeout=timeout)
     except subprocess.TimeoutExpired:
         fail("%r still running after %.0f s (killed)" % (cmd, timeout))
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace"), \
@@ -409,6 +425,168 @@ def check_startup_errors(h):
     log("start-up errors: %d bad invocations exit 2 with one stderr line, empty stdout, nothing listening"
         " (slowest %.2f s); --help exit 0 lists all %d flags; unreachable database: exit %d after %.1f s,"
         " %d stderr line(s), error: %s" % (len(bad), slowest, len(FLAGS), rc, unreach, len(lines), errors[0][:110]))
+
+
+# ------------------------------------------------ where settings come from -----
+
+# Each variable with a value it refuses, and the flag that puts it right.
+# (PGTX_DATA_DIR and PGTX_ADMIN_TOKEN refuse only "", which counts as unset.)
+BAD_ENV = (("DATABASE_URL", "host=localhost port=notaport", None),
+           ("PGTX_LISTEN", "nonsense", None),
+           ("PGTX_REUSE_PORT", "maybe", ["--reuse-port=no"]),
+           ("PGTX_THREADS", "abc", ["--threads", "8"]),
+           ("PGTX_QUEUE", "0", ["--queue", "64"]),
+           ("PGTX_POOL_SIZE", "-1", ["--pool-size", "8"]),
+           ("PGTX_MAX_OVERFLOW", "many", ["--max-overflow", "2"]),
+           ("PGTX_IDLE_TIMEOUT_MS", "-5", ["--idle-timeout-ms", "1000"]),
+           ("PGTX_STATEMENT_CACHE", "1e3", ["--statement-cache", "16"]),
+           ("PGTX_POOL_TIMEOUT_MS", "0", ["--pool-timeout-ms", "2000"]),
+           ("PGTX_DB_TIMEOUT_MS", "soon", ["--db-timeout-ms", "15000"]),
+           ("PGTX_STRATEGY", "fast", ["--strategy", "atomic"]),
+           ("PGTX_ALLOW_UNSAFE", "perhaps", ["--allow-unsafe=no"]),
+           ("PGTX_LOG_LEVEL", "loud", ["--log-level", "info"]),
+           ("PGTX_MAX_BODY", "0", ["--max-body", "65536"]))
+
+BAD_CONNINFO = ("host=localhost port=notaport", "foo", "postgresql://[bad", "postgresql://h:99999/db",
+                "postgresql://app:s3cret@[bad")
+
+
+def refused_at_once(h, what, cmd, env, names, port):
+    """cmd exits 2 within BAD_FLAG_DEADLINE with one stderr line naming
+    `names`, prints nothing and listens nowhere; returns that line."""
+    rc, out, err, took = run_bounded(cmd, BAD_FLAG_DEADLINE, env)
+    lines = err.splitlines()
+    check(rc == 2, lambda: "%s: exit %d, want 2; stderr: %r" % (what, rc, err))
+    check(len(lines) == 1, lambda: "%s: %d stderr lines, want exactly 1: %r" % (what, len(lines), err))
+    check(names in lines[0], lambda: "%s: the error line does not name %r: %r" % (what, names, lines[0]))
+    check(out == "", lambda: "%s: printed on stdout: %r" % (what, out))
+    check(port is None or refuses("127.0.0.1", port),
+          "%s: something accepts connections on 127.0.0.1:%s" % (what, port))
+    return lines[0]
+
+
+def check_config_sources(h):
+    shown = []
+    for bad in BAD_CONNINFO:
+        port = shoplib.free_port()
+        base = [h.binary, "--listen", "127.0.0.1:%d" % port, "--admin-token", h.admin_token]
+        line = refused_at_once(h, "pgtx-shop --database %r" % bad, base + ["--database", bad], None,
+                               "--database", port)
+        check("s3cret" not in line, lambda: "--database %r: the password is printed: %r" % (bad, line))
+        shown.append(line)
+        refused_at_once(h, "DATABASE_URL=%r pgtx-shop" % bad, base, {"DATABASE_URL": bad}, "DATABASE_URL", port)
+    for var, value, _ in BAD_ENV:
+        port = shoplib.free_port()
+        cmd = [h.binary, "--admin-token", h.admin_token]
+        if var != "DATABASE_URL":
+            cmd += ["--database", shoplib.DSN]
+        if var != "PGTX_LISTEN":
+            cmd += ["--listen", "127.0.0.1:%d" % port]
+        refused_at_once(h, "%s=%r pgtx-shop" % (var, value), cmd, {var: value}, var,
+                        port if var != "PGTX_LISTEN" else None)
+
+    # All of them bad at once, each overridden by its flag: not read at all.
+    env = {var: value for var, value, _ in BAD_ENV}
+    cmd = [h.binary, "--database", shoplib.DSN, "--listen", "127.0.0.1:0", "--admin-token", h.admin_token]
+    for _, _, flags in BAD_ENV:
+        cmd += flags or []
+    p = Proc("overridden", cmd, env)
+    try:
+        first = p.wait_lines(1, shoplib.START_DEADLINE)[0]
+        m = shoplib.LISTEN_RE.match(first)
+        check(m, lambda: "bad variables overridden by flags: first line %r; stderr:\n%s" % (first, p.stderr_text()))
+        c = shoplib.Client(m.group(1), int(m.group(2)), timeout=CLIENT_TIMEOUT)
+        r = c.request("GET", "/healthz")
+        c.close()
+        check(r.status == 200, lambda: "bad variables overridden by flags: GET /healthz %r" % r)
+        p.terminate()
+    finally:
+        p.close()
+    log("config sources: %d bad connection strings exit 2 at once from --database and DATABASE_URL (e.g. %s);"
+        " %d variables with a bad value exit 2 naming it; all of them bad and overridden by flags: starts,"
+        " /healthz 200, exit 0" % (len(BAD_CONNINFO), shown[0], len(BAD_ENV)))
+
+
+# ----------------------------------------------------------- one port -----
+
+def busy_port_refused(h, port, extra, what, env=None):
+    """A process on 127.0.0.1:port, which another holds, exits 1 within
+    BUSY_DEADLINE with one line naming the address and --reuse-port."""
+    cmd = [h.binary, "--database", shoplib.DSN, "--listen", "127.0.0.1:%d" % port,
+           "--admin-token", h.admin_token] + extra
+    rc, out, err, took = run_bounded(cmd, BUSY_DEADLINE, env)
+    lines = err.splitlines()
+    check(rc == 1, lambda: "%s: exit %d, want 1; stderr: %r" % (what, rc, err))
+    check(len(lines) == 1, lambda: "%s: %d stderr lines, want exactly 1: %r" % (what, len(lines), err))
+    addr = "127.0.0.1:%d" % port
+    check(addr in lines[0] and "in use" in lines[0] and "--reuse-port" in lines[0],
+          lambda: "%s: want a line naming %s, 'in use' and --reuse-port: %r" % (what, addr, lines[0]))
+    check(out == "", lambda: "%s: printed on stdout: %r" % (what, out))
+    return took, lines[0]
+
+
+def healthz_served(s):
+    """How many GET /healthz this server's request log shows."""
+    return s.log_text().count('route="GET /healthz" status=200')
+
+
+def spread_healthz(p, q):
+    """Fresh connections to the shared port (the kernel picks a process per
+    connection) until both have answered some; returns (sent, p's, q's)."""
+    sent, deadline = 0, time.monotonic() + SHARE_DEADLINE
+    while sent < SHARE_CONNECTIONS and time.monotonic() < deadline:
+        c = shoplib.Client(*p.addr, timeout=CLIENT_TIMEOUT)
+        r = c.request("GET", "/healthz")
+        c.close()
+        check(r.status == 200, lambda: "GET /healthz on the shared port: %r" % r)
+        sent += 1
+        if sent % 10 == 0 and healthz_served(p) and healthz_served(q):
+            break
+    # a request's log line may follow its answer by a moment
+    settle = time.monotonic() + SETTLE_DEADLINE
+    while healthz_served(p) + healthz_served(q) < sent and time.monotonic() < settle:
+        time.sleep(0.05)
+    return sent, healthz_served(p), healthz_served(q)
+
+
+def check_port_sharing(h):
+    a = h.start_server(name="alone")
+    try:
+        took1, line = busy_port_refused(h, a.port, [], "second process, no --reuse-port")
+        took2, _ = busy_port_refused(h, a.port, ["--reuse-port"], "second process with --reuse-port, the first"
+                                     " without")
+        check(a.alive(), "the first process died when others tried its port")
+        c = shoplib.Client(*a.addr, timeout=CLIENT_TIMEOUT)
+        r = c.request("GET", "/healthz")
+        c.close()
+        check(r.status == 200, lambda: "the first process after the refused ones: GET /healthz %r" % r)
+    finally:
+        a.stop()
+
+    p, q = h.start_pair(extra=["--reuse-port"])
+    joined = None
+    try:
+        sent, np, nq = spread_healthz(p, q)
+        check(np > 0 and nq > 0, lambda: "%d fresh connections to the shared port %d: %d answered by %s,"
+              " %d by %s; want both to serve" % (sent, p.port, np, p.name, nq, q.name))
+        check(np + nq == sent, lambda: "%d requests sent, the two logs show %d + %d" % (sent, np, nq))
+        took3, _ = busy_port_refused(h, p.port, [], "third process without --reuse-port on the shared port")
+        joined = Proc("joined", [h.binary, "--database", shoplib.DSN, "--listen", "127.0.0.1:%d" % p.port,
+                                 "--admin-token", h.admin_token], {"PGTX_REUSE_PORT": "1"})
+        first = joined.wait_lines(1, shoplib.START_DEADLINE)[0]
+        check(first == "pgtx-shop: listening on http://127.0.0.1:%d" % p.port,
+              lambda: "PGTX_REUSE_PORT=1 on the shared port: first line %r; stderr:\n%s"
+              % (first, joined.stderr_text()))
+        joined.terminate()
+    finally:
+        if joined:
+            joined.close()
+        p.stop()
+        q.stop()
+    log("one port: a second process on a busy port exits 1 in %.2f s (%.2f s with --reuse-port alone): %s;"
+        " the first serves on; --reuse-port on both: %d fresh connections, %d answered by one, %d by the"
+        " other; a third without the flag exits 1 in %.2f s, one with PGTX_REUSE_PORT=1 joins"
+        % (took1, took2, line, sent, np, nq, took3))
 
 
 # ------------------------------------------------------------- SIGTERM -----
@@ -477,23 +655,13 @@ def check_sigterm(h):
 
 # -------------------------------------------------- embedded admin token -----
 
-class Proc:
-    """A pgtx-shop started with flags of our own (not shoplib's Server,
-    which always passes --database and --admin-token)."""
+class Proc(shoplib.OwnProcess):
+    """A pgtx-shop started with flags of our own, its stdout read by line."""
 
-    def __init__(self, name, cmd):
-        self.name = name
-        self.errf = tempfile.NamedTemporaryFile(prefix="pgtx-ops-%s-" % name, suffix=".log", delete=False)
-        if shoplib.SETPRIV:
-            cmd = [shoplib.SETPRIV, "--pdeathsig", "KILL"] + cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.errf,
-                                     env=clean_env(), start_new_session=True)
+    def __init__(self, name, cmd, env=None):
+        super().__init__(name, cmd, clean_env(env), prefix="pgtx-ops")
         self.out = LineReader(self.proc.stdout)
         self.lines = []
-
-    def stderr_text(self):
-        with open(self.errf.name, "rb") as f:
-            return f.read().decode("utf-8", "replace")
 
     def wait_lines(self, n, timeout):
         deadline = time.monotonic() + timeout
@@ -505,30 +673,6 @@ class Proc:
                         else "timeout", n, self.lines, self.stderr_text()))
             self.lines.append(line)
         return self.lines
-
-    def terminate(self, sig=signal.SIGTERM):
-        """SIGTERM, or SIGINT (what Ctrl-C on `make run` sends)."""
-        t0 = time.monotonic()
-        name = signal.Signals(sig).name
-        self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout=shoplib.STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            fail("%s did not exit within %.0f s of %s (killed); stderr:\n%s"
-                 % (self.name, shoplib.STOP_DEADLINE, name, self.stderr_text()))
-        check(rc == 0, lambda: "%s exited %s after %s, want 0; stderr:\n%s"
-              % (self.name, rc, name, self.stderr_text()))
-        return time.monotonic() - t0
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc.stdout.close()
-        self.errf.close()
-        os.unlink(self.errf.name)
 
 
 def proc_start_time(pid):
@@ -717,6 +861,8 @@ def check_ipv6(h):
 def main(h):
     check_overload(h)
     check_startup_errors(h)
+    check_config_sources(h)
+    check_port_sharing(h)
     check_sigterm(h)
     check_admin_token(h)
     check_ipv6(h)

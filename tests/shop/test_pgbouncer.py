@@ -219,8 +219,9 @@ def main(h):
 def run(h, b):
     # Transaction mode moves a client among server connections between
     # transactions: a statement prepared on one is unknown on the next.
+    # The two processes share one port, which each must ask for.
     flags = ["--pool-size", "8", "--max-overflow", "0", "--pool-timeout-ms", "10000",
-             "--statement-cache", "0"]
+             "--statement-cache", "0", "--reuse-port"]
     a = h.start_server(database=b.dsn(), extra=flags)
     h.default_addr = a.addr
     h.start_server("127.0.0.1:%d" % a.port, extra=flags, database=b.dsn())

@@ -2,7 +2,7 @@
 """test_restart - kill and restart servers under load; nothing acknowledged
 is lost or doubled.
 
-Two pgtx-shop processes share a port.  Client threads (one account each)
+Two pgtx-shop processes share a port (--reuse-port).  Client threads (one account each)
 alternate orders (each with its own Idempotency-Key) and deposits.  Mid-load
 one process is SIGKILLed and restarted on the same port; later the other is
 SIGTERMed (it must exit 0 while the load goes on) and restarted.  Then:
@@ -121,7 +121,7 @@ def request_lines(server):
 
 
 def main(h):
-    a, b = h.start_pair()
+    a, b = h.start_pair(extra=["--reuse-port"])
     prod = h.create_product(price=PRICE, stock=10**12)
     accts = h.create_accounts(WORKERS, lambda i: INITIAL)
     stop = threading.Event()
