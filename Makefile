@@ -7,7 +7,11 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_TYPE ?= RelWithDebInfo
 DEB_DIR    ?= build/deb
 
-.PHONY: all deps configure run test test-plain test-asan test-tsan bench-lib bench install deb clean
+FUZZ_BUILD ?= build/fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = body router token config conninfo
+
+.PHONY: all deps configure run test test-plain test-asan test-tsan bench-lib bench install deb clean fuzz
 
 all: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -50,6 +54,19 @@ test-tsan: deps
 	cmake --build $(TSAN_BUILD) -j $(JOBS)
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  scripts/with-pg.sh ctest --test-dir $(TSAN_BUILD) --output-on-failure -R 'pool|runner|concurrency|shop_app'
+
+# libFuzzer (clang, with ASan+UBSan) over every parser of outside input,
+# FUZZ_SECONDS per target, each over a copy of its fuzz/corpus/ folder; a
+# crash fails and leaves its input in FUZZ_BUILD.  Every build replays the
+# corpora as tests (fuzz_replay_*), without libFuzzer.
+fuzz: deps
+	@test -f $(FUZZ_BUILD)/CMakeCache.txt || \
+	  cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+	    -DPGTX_FUZZ=ON -DPGTX_TESTS=OFF \
+	    "-DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+	    -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 bench-lib: all
 	scripts/with-pg.sh $(BUILD)/bench-lib --seconds 2 --rounds 7

@@ -447,7 +447,9 @@ typedef struct pgtx_run_info {
  * the engine's options, call fn, commit if it returned PGTX_OK, roll back
  * otherwise, return the connection, and retry as the engine's policy says.
  * A lost connection while COMMIT was in flight returns COMMIT_UNKNOWN and is
- * never retried.  `info` may be NULL.  Thread-safe (per engine).
+ * never retried; except on a read_only engine, where nothing can have been
+ * changed: that is CONNECTION_LOST (or SOCKET_TIMEOUT), as before COMMIT.
+ * `info` may be NULL.  Thread-safe (per engine).
  * Its checkout skips the look at the socket (a system call) for a
  * connection returned less than a second ago: one found dead in the first
  * round trip ran nothing and is retried on another.

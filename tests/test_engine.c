@@ -199,21 +199,50 @@ static int count_of(const char *hay, const char *needle)
     return n;
 }
 
+/* The wire messages of a one-connection pool's only connection, in
+   libpq's regress format (no timestamps), between the two calls. */
+typedef struct wire_trace {
+    pgtx_pool *pool;
+    char path[32];
+    FILE *file;
+} wire_trace;
+
+static wire_trace trace_start(pgtx_pool *pool)
+{
+    wire_trace tr = {.pool = pool, .path = "/tmp/pgtx-trace-XXXXXX"};
+    int fd = mkstemp(tr.path);
+    assert_true(fd >= 0);
+    tr.file = fdopen(fd, "w");
+    assert_non_null(tr.file);
+    pgtx_conn *c = NULL;
+    assert_int_equal(pgtx_pool_checkout(pool, 1000, &c, NULL), PGTX_OK);
+    PQtrace(pgtx_conn_pg_borrow(c), tr.file);
+    PQsetTraceFlags(pgtx_conn_pg_borrow(c),
+                    PQTRACE_REGRESS_MODE | PQTRACE_SUPPRESS_TIMESTAMPS);
+    pgtx_pool_return(c);
+    return tr;
+}
+
+/* The trace so far (free it), PGTX_KEEP_TRACE=1 prints it. */
+static char *trace_stop(wire_trace *tr)
+{
+    pgtx_conn *c = NULL;
+    assert_int_equal(pgtx_pool_checkout(tr->pool, 1000, &c, NULL), PGTX_OK);
+    PQuntrace(pgtx_conn_pg_borrow(c));
+    pgtx_pool_return(c);
+    fclose(tr->file);
+    char *t = slurp(tr->path);
+    if (getenv("PGTX_KEEP_TRACE"))
+        fprintf(stderr, "%s\n", t);
+    unlink(tr->path);
+    return t;
+}
+
 static void wire_shows_begin_with_options_and_no_set(void **state)
 {
     (void)state;
     pgtx_pool *pool = h_pool(1, 0, "engine-trace");
-    char path[] = "/tmp/pgtx-trace-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    FILE *trace = fdopen(fd, "w");
-    assert_non_null(trace);
-    pgtx_conn *c = NULL;
-    assert_int_equal(pgtx_pool_checkout(pool, 1000, &c, NULL), PGTX_OK);
-    PQtrace(pgtx_conn_pg_borrow(c), trace);
-    PQsetTraceFlags(pgtx_conn_pg_borrow(c),
-                    PQTRACE_REGRESS_MODE | PQTRACE_SUPPRESS_TIMESTAMPS);
-    pgtx_pool_return(c);
+    wire_trace tr = trace_start(pool);
 
     pgtx_engine_options o;
     pgtx_engine_options_init(&o);
@@ -224,13 +253,7 @@ static void wire_shows_begin_with_options_and_no_set(void **state)
     assert_int_equal(run_sql(ser, "SELECT 1", &err), PGTX_OK);
     assert_int_equal(run_sql(ser, "SELECT 1/0", &err), PGTX_SQL);
 
-    assert_int_equal(pgtx_pool_checkout(pool, 1000, &c, NULL), PGTX_OK);
-    PQuntrace(pgtx_conn_pg_borrow(c));
-    pgtx_pool_return(c);
-    fclose(trace);
-    char *t = slurp(path);
-    if (getenv("PGTX_KEEP_TRACE")) fprintf(stderr, "%s\n", t);
-    unlink(path);
+    char *t = trace_stop(&tr);
     assert_int_equal(count_of(t, "\"BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE, "
                                  "NOT DEFERRABLE\""), 2);
     assert_int_equal(count_of(t, "set_config('statement_timeout', '1000', true)"), 2);
@@ -248,6 +271,113 @@ static void wire_shows_begin_with_options_and_no_set(void **state)
     free(t);
     pgtx_engine_destroy(ser);
     pgtx_pool_destroy(pool);
+}
+
+/* ---- lock_timeout: with BEGIN, per transaction, not retried -------------- */
+
+static pgtx_status borrow_show_fn(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    (void)err;
+    show_arg *a = p;
+    PGresult *r = PQexec(pgtx_tx_pg_borrow(tx), a->sql);
+    snprintf(a->value, sizeof a->value, "%s",
+             PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "(failed)");
+    PQclear(r);
+    return PGTX_OK;
+}
+
+static void lock_timeout_goes_with_begin_in_one_message(void **state)
+{
+    (void)state;
+    pgtx_pool *pool = h_pool(1, 0, "engine-lock-trace");
+    wire_trace tr = trace_start(pool);
+
+    pgtx_engine_options o;
+    pgtx_engine_options_init(&o);
+    o.lock_timeout_ms = 250;
+    pgtx_engine *e = engine_with(pool, &o);
+    /* the runner's own statements, and a caller that wants the PGconn first */
+    assert_string_equal(show(e, "SHOW lock_timeout", NULL), "250ms");
+    show_arg a = {.sql = "SHOW lock_timeout"};
+    pgtx_pool_stats s0, s1;
+    pgtx_pool_stats_get(pool, &s0);
+    assert_int_equal(pgtx_run(e, borrow_show_fn, &a, NULL, NULL), PGTX_OK);
+    pgtx_pool_stats_get(pool, &s1);
+    assert_string_equal(a.value, "250ms");
+
+    char *t = trace_stop(&tr);
+    /* SET LOCAL (set_config(..., true)) in each transaction, never SET */
+    assert_int_equal(count_of(t, "set_config('lock_timeout', '250', true)"), 2);
+    assert_int_equal(count_of(t, "\"SET "), 0);
+    /* the borrowed connection's BEGIN carries it in the same Query message:
+       the runner's round trips are that one and COMMIT's (the SHOW is the
+       caller's own) */
+    assert_int_equal(count_of(t, "Query\t \"BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE, "
+                                 "NOT DEFERRABLE; SELECT set_config('lock_timeout', '250', "
+                                 "true)\""), 1);
+    assert_int_equal(s1.round_trips - s0.round_trips, 2); /* the SHOW is the caller's */
+    free(t);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(pool);
+}
+
+typedef struct locked_arg {
+    const char *sql;
+} locked_arg;
+
+static pgtx_status queue_fn(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    return pgtx_queue(tx, ((locked_arg *)p)->sql, 0, NULL, NULL, err);
+}
+
+static void a_lock_timeout_is_not_retried_unless_asked(void **state)
+{
+    (void)state;
+    PGconn *admin = h_connect("engine-lock-admin");
+    const char *tbl = h_unique("engine_lock");
+    h_execf(admin, "DROP TABLE IF EXISTS %s; CREATE TABLE %s (x int); "
+                   "INSERT INTO %s VALUES (1)", tbl, tbl, tbl);
+    pgtx_pool *pool = h_pool(1, 0, "engine-lock");
+    pgtx_engine_options o;
+    pgtx_engine_options_init(&o);
+    o.lock_timeout_ms = 100;
+    pgtx_engine *once = engine_with(pool, &o);
+    o.retry.retry_on |= PGTX_RETRY_LOCK_NOT_AVAILABLE;
+    o.retry.max_attempts = 3;
+    pgtx_engine *again = engine_with(pool, &o);
+    char sql[160];
+    snprintf(sql, sizeof sql, "UPDATE %s SET x = x + 1", tbl);
+    locked_arg a = {sql};
+
+    h_execf(admin, "BEGIN; SELECT * FROM %s FOR UPDATE", tbl);
+    pgtx_pool_stats s0, s1;
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_pool_stats_get(pool, &s0);
+    assert_int_equal(pgtx_run(once, queue_fn, &a, &info, &err), PGTX_LOCK_NOT_AVAILABLE);
+    pgtx_pool_stats_get(pool, &s1);
+    assert_string_equal(err.sqlstate, "55P03");
+    assert_int_equal(info.attempts, 1);
+    assert_false(info.exhausted);
+    assert_true(info.elapsed_us >= 100 * 1000); /* it did wait lock_timeout */
+    assert_int_equal(s1.retries_lock_not_available - s0.retries_lock_not_available, 0);
+    /* BEGIN, SET LOCAL, UPDATE and COMMIT in one round; then ROLLBACK */
+    assert_int_equal(s1.round_trips - s0.round_trips, 2);
+
+    assert_int_equal(pgtx_run(again, queue_fn, &a, &info, &err), PGTX_LOCK_NOT_AVAILABLE);
+    pgtx_pool_stats_get(pool, &s0);
+    assert_int_equal(info.attempts, 3);
+    assert_int_equal(s0.retries_lock_not_available - s1.retries_lock_not_available, 2);
+    h_exec(admin, "ROLLBACK");
+    /* nothing was changed, and it goes through once the lock is gone */
+    assert_int_equal(h_scalarf(admin, "SELECT x FROM %s", tbl), 1);
+    assert_int_equal(pgtx_run(once, queue_fn, &a, &info, &err), PGTX_OK);
+    assert_int_equal(h_scalarf(admin, "SELECT x FROM %s", tbl), 2);
+    h_execf(admin, "DROP TABLE %s", tbl);
+    pgtx_engine_destroy(once);
+    pgtx_engine_destroy(again);
+    pgtx_pool_destroy(pool);
+    PQfinish(admin);
 }
 
 typedef struct echo_log {
@@ -295,6 +425,8 @@ int main(void)
         cmocka_unit_test(session_defaults_do_not_decide),
         cmocka_unit_test(read_only_and_timeouts_are_transaction_local),
         cmocka_unit_test(wire_shows_begin_with_options_and_no_set),
+        cmocka_unit_test(lock_timeout_goes_with_begin_in_one_message),
+        cmocka_unit_test(a_lock_timeout_is_not_retried_unless_asked),
         cmocka_unit_test(echo_logs_every_statement_with_its_duration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -434,6 +434,37 @@ static void socket_timeout_bounds_a_silent_server(void **state)
     pgtx_pool_destroy(p);
 }
 
+/* The same silence in a READ ONLY transaction's COMMIT round: it changed
+   nothing, so the outcome is known, and it is a plain lost connection. */
+static pgtx_status queue_sleep(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    (void)p;
+    return pgtx_queue(tx, "SELECT pg_sleep(1)", 0, NULL, NULL, err);
+}
+
+static void read_only_commit_lost_is_not_unknown(void **state)
+{
+    (void)state;
+    pgtx_pool *p = silent_pool(300);
+    pgtx_engine_options o;
+    pgtx_engine_options_init(&o);
+    o.read_only = true;
+    pgtx_engine *e = NULL;
+    assert_int_equal(pgtx_engine_create(p, &o, &e, NULL), PGTX_OK);
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = pgtx_run(e, queue_sleep, NULL, &info, &err);
+    assert_int_equal(st, PGTX_SOCKET_TIMEOUT);
+    assert_int_equal(pgtx_status_class(st), PGTX_CLASS_CONNECTION);
+    assert_int_equal(info.attempts, 1); /* SOCKET_TIMEOUT is not retried by default */
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(p, &s);
+    assert_int_equal(s.commit_unknown, 0);
+    assert_int_equal(s.socket_timeouts, 1);
+    pgtx_engine_destroy(e);
+    pgtx_pool_destroy(p);
+}
+
 static long long slow_rows(void)
 {
     return h_scalarf(admin, "SELECT count(*) FROM %s_slow", tbl);
@@ -1065,6 +1096,7 @@ int main(void)
                                reset_table),
         cmocka_unit_test_setup(socket_timeout_bounds_a_silent_server, reset_table),
         cmocka_unit_test_setup(socket_timeout_during_commit_is_unknown, reset_table),
+        cmocka_unit_test_setup(read_only_commit_lost_is_not_unknown, reset_table),
         cmocka_unit_test_setup(deadlock_is_detected_and_retried, reset_table),
         cmocka_unit_test_setup(one_statement_costs_two_round_trips, reset_table),
         cmocka_unit_test_setup(raw_connection_runs_inside_the_transaction, reset_table),

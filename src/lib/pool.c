@@ -120,6 +120,21 @@ static bool port_list_ok(const char *ports)
     }
 }
 
+/* Whether the quote at q in libpq's reason opens a piece of the string:
+   in its messages such a piece follows one of these words, while its own
+   literals ("=", "]", ":" or "/") follow others. */
+static bool opens_piece(const char *why, const char *q)
+{
+    static const char *const before[] = {"after ", "option ", ": ", "character ",
+                                         "value "};
+    for (size_t i = 0; i < sizeof before / sizeof before[0]; i++) {
+        size_t n = strlen(before[i]);
+        if ((size_t)(q - why) >= n && strncmp(q - n, before[i], n) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* libpq's reason on one line, without the `: "STRING"` that ends some: a
    URI may carry a password, and the caller's message names the source. */
 static void conninfo_reason(char *why, const char *s)
@@ -133,6 +148,17 @@ static void conninfo_reason(char *why, const char *s)
     for (char *c = why; *c; c++)
         if (*c == '\n' || *c == '\t')
             *c = ' ';
+    /* Any other piece of the string that libpq quotes goes too (a URI
+       mistyped as postgresql:/u:pw@h is read as one keyword, password and
+       all): from the quote that opens it to the last one, as the piece may
+       hold quotes itself. */
+    char *first = strchr(why, '"'), *last = strrchr(why, '"');
+    while (first && !opens_piece(why, first))
+        first = strchr(first + 1, '"');
+    if (first && last - first > 3) { /* "..." is no longer than the piece */
+        memcpy(first + 1, "...", 3);
+        memmove(first + 4, last, strlen(last) + 1);
+    }
 }
 
 pgtx_status pgtx_conninfo_check(const char *conninfo, pgtx_error *err)

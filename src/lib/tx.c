@@ -259,8 +259,10 @@ static pgtx_status round_sync(pgtx_tx *tx, round_end end, pgtx_error *err)
     tx->n_deallocs = 0;
     if (how >= TAKEN_GONE && e.status == PGTX_OK)
         describe(tx, NULL, &e);
+    /* A READ ONLY transaction changed nothing, whether its COMMIT ran or
+       not: its lost connection is just that (and retried as such). */
     if (how == TAKEN_BROKE && end == END_COMMIT && !tx->committed &&
-        tx->failed == PGTX_OK)
+        tx->failed == PGTX_OK && !pgtx__engine_options(tx->engine)->read_only)
         commit_unknown(tx, &e);
     else if (how >= TAKEN_GONE && end != END_ROLLBACK)
         tx_fail(tx, e.status, &e, NULL);
@@ -337,19 +339,19 @@ pgtx_status pgtx_query(pgtx_tx *tx, const char *sql, int nparams,
     return st != PGTX_OK ? st : round_sync(tx, END_NONE, err);
 }
 
-/* BEGIN on its own, for callers that want the raw PGconn first. */
+/* BEGIN on its own, for callers that want the raw PGconn first.  The
+   engine's SET LOCALs go in the same simple-protocol message, so this is one
+   round trip like the pipelined BEGIN; the server stops at the first error,
+   which is the result kept. */
 static void begin_alone(pgtx_tx *tx)
 {
     const char *setup = pgtx__engine_setup_sql(tx->engine);
     const char *begin = pgtx_engine_begin_sql_borrow(tx->engine);
-    PGresult *r = NULL;
+    char sql[384];
+    snprintf(sql, sizeof sql, "%s%s%s", begin, setup ? "; " : "", setup ? setup : "");
     pgtx_error e;
     pgtx__count_round_trip(tx->pool);
-    r = pgtx__exec(tx->conn, begin, -1, NULL);
-    if (result_ok(r) && setup) {
-        PQclear(r);
-        r = pgtx__exec(tx->conn, setup, -1, NULL);
-    }
+    PGresult *r = pgtx__exec(tx->conn, sql, -1, NULL);
     if (result_ok(r))
         tx->begun = true;
     else

@@ -34,6 +34,8 @@
 /* Longest name, coupon code or Idempotency-Key, in bytes. */
 #define SHOP_TEXT_MAX 200
 
+typedef struct auth_cache auth_cache; /* auth.c */
+
 struct shop_app {
     pgtx_pool *pool;            /* borrowed */
     shop_metrics *metrics;      /* borrowed; NULL counts nothing */
@@ -44,6 +46,7 @@ struct shop_app {
     bool allow_unsafe;
     bool has_admin;             /* false: no admin token, admin routes 401 */
     unsigned char admin_hash[SHOP_HASH_BYTES];
+    auth_cache *auth_cache;     /* owned: recent account lookups */
 };
 
 /* ---- one request ----------------------------------------------------------- */
@@ -139,8 +142,12 @@ void body_free(shop_body *b);
 /* Base64url of 32 random bytes: the secret half of an account token. */
 #define SHOP_SECRET_LEN 43
 
-/* Hashes the admin token into app (NULL or "" leaves no admin). */
+/* Hashes the admin token into app (NULL or "" leaves no admin) and makes
+   its cache of account lookups.  auth_fini frees what it made. */
 bool auth_init(shop_app *app, const char *admin_token);
+void auth_fini(shop_app *app);
+/* Drops what the cache knows of account `id` (just created here). */
+void auth_forget(shop_app *app, int64_t id);
 /* Sets ctx->role (and account_id) from the Authorization header, looking
    account tokens up in the database.  False: the database failed and the
    503 is in ctx->res. */

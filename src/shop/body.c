@@ -62,6 +62,16 @@ static json_t *load(shop_ctx *ctx)
                     "the body is empty; a JSON object is expected");
         return NULL;
     }
+    /* JSON text never holds a raw NUL (inside a string it must be escaped),
+       yet jansson drops one that follows a number or a literal, which would
+       let `{"amount": 1<NUL>}` pass as a deposit. */
+    const char *nul = memchr(req->body, '\0', req->body_len);
+    if (nul) {
+        reply_error(ctx->res, 400, "malformed_json",
+                    "the body holds a NUL byte at offset %zu",
+                    (size_t)(nul - req->body));
+        return NULL;
+    }
     json_error_t e;
     json_t *doc = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &e);
     if (doc == NULL && json_error_code(&e) == json_error_numeric_overflow)

@@ -84,10 +84,14 @@ typedef enum opt_id {
     OPT_STATEMENT_CACHE,
     OPT_POOL_TIMEOUT,
     OPT_DB_TIMEOUT,
+    OPT_LOCK_TIMEOUT,
     OPT_STRATEGY,
     OPT_ALLOW_UNSAFE,
     OPT_LOG_LEVEL,
     OPT_MAX_BODY,
+    OPT_MAX_CONNECTIONS,
+    OPT_MAX_CONNECTIONS_PER_IP,
+    OPT_HEADER_TIMEOUT,
     OPT_COUNT
 } opt_id;
 
@@ -145,6 +149,11 @@ static const opt_spec specs[OPT_COUNT] = {
     [OPT_DB_TIMEOUT] = {"--db-timeout-ms", "PGTX_DB_TIMEOUT_MS", "N", 0, 3600000,
                         "wait this long for the database to answer a statement, "
                         "then close\nthe connection and answer 503 (0: no limit)"},
+    [OPT_LOCK_TIMEOUT] = {"--lock-timeout-ms", "PGTX_LOCK_TIMEOUT_MS", "N", 0,
+                          600000,
+                          "wait this long for a row another transaction holds, "
+                          "then 503 row_busy\n(SET LOCAL lock_timeout in each "
+                          "transaction; 0: no limit)"},
     [OPT_STRATEGY] = {"--strategy", "PGTX_STRATEGY", "S", NOT_A_NUMBER,
                       "default write strategy: atomic, lock, optimistic, "
                       "serializable\n(naive needs --allow-unsafe)"},
@@ -154,6 +163,21 @@ static const opt_spec specs[OPT_COUNT] = {
                           "demonstrations)"},
     [OPT_LOG_LEVEL] = {"--log-level", "PGTX_LOG_LEVEL", "LEVEL", NOT_A_NUMBER,
                        "error, warn, info (one line per request) or debug"},
+    [OPT_MAX_CONNECTIONS] = {"--max-connections", "PGTX_MAX_CONNECTIONS", "N", 0,
+                             1000000,
+                             "client connections held at once; near it the "
+                             "longest idle ones are\nclosed for newcomers (0: "
+                             "the file descriptor limit, less the pool's)"},
+    [OPT_MAX_CONNECTIONS_PER_IP] = {"--max-connections-per-ip",
+                                    "PGTX_MAX_CONNECTIONS_PER_IP", "N", 0, 1000000,
+                                    "connections one client address may hold; "
+                                    "more are closed at once\n(0: no limit; "
+                                    "behind a proxy every client shares its "
+                                    "address)"},
+    [OPT_HEADER_TIMEOUT] = {"--header-timeout-ms", "PGTX_HEADER_TIMEOUT_MS", "N",
+                            100, 600000,
+                            "a request line and its headers must be in within "
+                            "this long, in total,\nor the connection is closed"},
     [OPT_MAX_BODY] = {"--max-body", "PGTX_MAX_BODY", "BYTES", 1,
                       64 * 1024 * 1024, "larger request bodies get 413"},
 };
@@ -188,6 +212,7 @@ static void config_defaults(shop_config *cfg)
         .statement_cache = 256,
         .pool_timeout_ms = 2000,
         .db_timeout_ms = 15000,
+        .lock_timeout_ms = 1000,
         .strategy = SHOP_ATOMIC,
         .allow_unsafe = false,
         .log_level = SHOP_LOG_INFO,
@@ -214,10 +239,14 @@ static void default_text(opt_id id, const shop_config *d, char *out, size_t n)
     case OPT_STATEMENT_CACHE: snprintf(out, n, "%d", d->statement_cache); break;
     case OPT_POOL_TIMEOUT: snprintf(out, n, "%d", d->pool_timeout_ms); break;
     case OPT_DB_TIMEOUT: snprintf(out, n, "%d", d->db_timeout_ms); break;
+    case OPT_LOCK_TIMEOUT: snprintf(out, n, "%d", d->lock_timeout_ms); break;
     case OPT_STRATEGY: snprintf(out, n, "atomic"); break;
     case OPT_ALLOW_UNSAFE: snprintf(out, n, "off"); break;
     case OPT_LOG_LEVEL: snprintf(out, n, "info"); break;
     case OPT_MAX_BODY: snprintf(out, n, "%zu", d->max_body); break;
+    case OPT_MAX_CONNECTIONS: snprintf(out, n, "0: from ulimit -n"); break;
+    case OPT_MAX_CONNECTIONS_PER_IP: snprintf(out, n, "0: no limit"); break;
+    case OPT_HEADER_TIMEOUT: snprintf(out, n, "%d", SHOP_DEFAULT_HEADER_TIMEOUT_MS); break;
     case OPT_COUNT: out[0] = '\0'; break;
     }
 }
@@ -422,9 +451,14 @@ static bool apply(opt_id id, origin o, const char *s, targets t)
     case OPT_STATEMENT_CACHE: return set_int(id, o, s, &cfg->statement_cache);
     case OPT_POOL_TIMEOUT: return set_int(id, o, s, &cfg->pool_timeout_ms);
     case OPT_DB_TIMEOUT: return set_int(id, o, s, &cfg->db_timeout_ms);
+    case OPT_LOCK_TIMEOUT: return set_int(id, o, s, &cfg->lock_timeout_ms);
     case OPT_STRATEGY: return parse_strategy(o, s, &cfg->strategy);
     case OPT_ALLOW_UNSAFE: return parse_bool(o, s, &cfg->allow_unsafe);
     case OPT_LOG_LEVEL: return parse_level(o, s, &cfg->log_level);
+    case OPT_MAX_CONNECTIONS: return set_int(id, o, s, &t.proc->max_connections);
+    case OPT_MAX_CONNECTIONS_PER_IP:
+        return set_int(id, o, s, &t.proc->max_connections_per_ip);
+    case OPT_HEADER_TIMEOUT: return set_int(id, o, s, &t.proc->header_timeout_ms);
     case OPT_MAX_BODY:
         if (!parse_number(id, o, s, &v))
             return false;
@@ -537,7 +571,8 @@ shop_config_result shop_config_parse(int argc, char **argv, shop_config *cfg,
         return SHOP_CONFIG_EXIT;
     }
     config_defaults(cfg);
-    *proc = (shop_process_config){.reuse_port = false};
+    *proc = (shop_process_config){.reuse_port = false,
+                                  .header_timeout_ms = SHOP_DEFAULT_HEADER_TIMEOUT_MS};
     targets t = {cfg, proc};
     bool given[OPT_COUNT] = {false};
     flags_given(argc, argv, given);

@@ -8,21 +8,416 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-/* A body past max_body is read and dropped up to this much, then answered
-   413 (0.9.75 cannot answer in the middle of an upload); a larger one is
-   answered at once or cut. */
-#define DISCARD_LIMIT (1024 * 1024)
+/* A body past max_body is read and dropped, then answered 413 with
+   Connection: close: 0.9.75 cannot answer in the middle of an upload, and
+   closing on a client that is still sending resets the connection before
+   it can read the answer.  The dropping stops DRAIN_LIMIT bytes past
+   max_body or DRAIN_SECONDS after the request began: a declared excess
+   over DRAIN_LIMIT is answered at once, anything else past a bound is cut. */
+#define DRAIN_LIMIT (16u * 1024 * 1024)
+#define DRAIN_SECONDS 15.0
 /* Idle keep-alive connections are closed after this many seconds. */
 #define IDLE_TIMEOUT_S 60u
+
+/* ---- connections: limits, eviction and the header deadline ----------------- */
+
+/* MHD restarts its idle timeout with every byte, so a client sending one
+   header byte a second holds a connection for as long as it likes; MHD has
+   no total deadline for the headers, nor a way to close a connection from
+   outside.  We keep our own account of each connection (the notify
+   callbacks, all on MHD's event thread) and end one by shutting its socket
+   down: MHD then sees end-of-file and closes it as it would any other. */
+
+#define ADDR_BUCKETS 1024
+/* How often the sweeper looks for connections past their deadline. */
+#define SWEEP_MS 250
+/* Descriptors kept out of the connection limit: the pool's sockets, the
+   health check's, the listening socket, epoll, log and pipes. */
+#define FD_RESERVE 64
+
+typedef enum conn_phase {
+    CONN_HEADERS, /* a request line and headers are due: the deadline runs */
+    CONN_BUSY,    /* a request is being read, run or answered */
+    CONN_IDLE,    /* keep-alive, between requests */
+    CONN_CLOSING  /* shut down by us; MHD has yet to notice */
+} conn_phase;
+
+typedef struct addr_count {
+    struct addr_count *next;
+    unsigned char key[16]; /* IPv6, or IPv4 mapped into it */
+    int n;
+} addr_count;
+
+typedef struct conn_slot {
+    struct conn_slot *prev, *next; /* in its phase's list (headers, idle) */
+    int fd;
+    conn_phase phase;
+    long long since_ms; /* when the phase began, CLOCK_MONOTONIC */
+    addr_count *addr;
+} conn_slot;
+
+typedef struct conn_list {
+    conn_slot *head, *tail; /* oldest first */
+} conn_list;
+
+typedef struct conn_guard {
+    pthread_mutex_t mu;   /* guards all of it: MHD's thread and the sweeper */
+    pthread_cond_t wake;  /* the sweeper must stop */
+    pthread_t sweeper;
+    bool sweeper_started, stop;
+    conn_list headers, idle;
+    addr_count *addrs[ADDR_BUCKETS];
+    int open, max, high, per_ip;
+    long long header_timeout_ms;
+    long long refused_per_ip, closed_header_timeout, evicted;
+} conn_guard;
+
+static long long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static conn_list *list_of(conn_guard *g, conn_phase p)
+{
+    return p == CONN_HEADERS ? &g->headers : p == CONN_IDLE ? &g->idle : NULL;
+}
+
+static void slot_unlink(conn_guard *g, conn_slot *s)
+{
+    conn_list *l = list_of(g, s->phase);
+    if (l == NULL)
+        return;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        l->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        l->tail = s->prev;
+    s->prev = s->next = NULL;
+}
+
+/* The phase's list stays in order of since_ms: slots join at the tail. */
+static void slot_move(conn_guard *g, conn_slot *s, conn_phase p)
+{
+    slot_unlink(g, s);
+    s->phase = p;
+    s->since_ms = now_ms();
+    conn_list *l = list_of(g, p);
+    if (l == NULL)
+        return;
+    s->prev = l->tail;
+    if (l->tail)
+        l->tail->next = s;
+    else
+        l->head = s;
+    l->tail = s;
+}
+
+static void slot_close(conn_guard *g, conn_slot *s)
+{
+    /* The descriptor is still MHD's: it closes it only after the CLOSED
+       notification, which waits for g->mu. */
+    shutdown(s->fd, SHUT_RDWR);
+    slot_move(g, s, CONN_CLOSING);
+}
+
+static void addr_key(const struct sockaddr *sa, unsigned char key[16])
+{
+    memset(key, 0, 16);
+    if (sa && sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 in6;
+        memcpy(&in6, sa, sizeof in6);
+        memcpy(key, &in6.sin6_addr, 16);
+    } else if (sa && sa->sa_family == AF_INET) {
+        struct sockaddr_in in;
+        memcpy(&in, sa, sizeof in);
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &in.sin_addr, 4);
+    }
+}
+
+static addr_count **addr_bucket(conn_guard *g, const unsigned char key[16])
+{
+    unsigned hash = 2166136261u; /* FNV-1a */
+    for (int i = 0; i < 16; i++)
+        hash = (hash ^ key[i]) * 16777619u;
+    return &g->addrs[hash % ADDR_BUCKETS];
+}
+
+static addr_count *addr_find(conn_guard *g, const struct sockaddr *sa, bool create)
+{
+    unsigned char key[16];
+    addr_key(sa, key);
+    addr_count **b = addr_bucket(g, key);
+    for (addr_count *a = *b; a; a = a->next)
+        if (memcmp(a->key, key, 16) == 0)
+            return a;
+    addr_count *a = create ? calloc(1, sizeof *a) : NULL;
+    if (a) {
+        memcpy(a->key, key, 16);
+        a->next = *b;
+        *b = a;
+    }
+    return a;
+}
+
+static void addr_release(conn_guard *g, addr_count *a)
+{
+    if (a == NULL || --a->n > 0)
+        return;
+    for (addr_count **p = addr_bucket(g, a->key); *p; p = &(*p)->next)
+        if (*p == a) {
+            *p = a->next;
+            free(a);
+            return;
+        }
+}
+
+/* Near the limit, room for a newcomer: the longest idle keep-alive
+   connection goes first, then the one longest on its headers.  A request
+   being run is never cut. */
+static void evict_one(conn_guard *g)
+{
+    conn_slot *s = g->idle.head ? g->idle.head : g->headers.head;
+    if (s == NULL)
+        return;
+    slot_close(g, s);
+    g->evicted++;
+}
+
+static void sweep(conn_guard *g, long long now)
+{
+    /* A keep-alive connection may trickle its next request line as long as
+       MHD's idle timeout lasts; past that plus the deadline it goes too. */
+    long long idle_ms = (long long)IDLE_TIMEOUT_S * 1000 + g->header_timeout_ms;
+    while (g->headers.head && now - g->headers.head->since_ms >= g->header_timeout_ms) {
+        slot_close(g, g->headers.head);
+        g->closed_header_timeout++;
+    }
+    while (g->idle.head && now - g->idle.head->since_ms >= idle_ms) {
+        slot_close(g, g->idle.head);
+        g->closed_header_timeout++;
+    }
+}
+
+static void *sweeper_main(void *arg)
+{
+    conn_guard *g = arg;
+    pthread_mutex_lock(&g->mu);
+    while (!g->stop) {
+        sweep(g, now_ms());
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        t.tv_nsec += SWEEP_MS * 1000000L;
+        if (t.tv_nsec >= 1000000000L) {
+            t.tv_sec++;
+            t.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&g->wake, &g->mu, &t);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+/* MHD_OPTION_ACCEPT_POLICY_CALLBACK (event thread): before a connection
+   is set up.  MHD closes a refused one at once. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+    (void)len;
+    conn_guard *g = cls;
+    pthread_mutex_lock(&g->mu);
+    addr_count *a = g->per_ip > 0 ? addr_find(g, addr, false) : NULL;
+    bool refuse = a && a->n >= g->per_ip;
+    if (refuse)
+        g->refused_per_ip++;
+    else if (g->open >= g->high)
+        evict_one(g);
+    pthread_mutex_unlock(&g->mu);
+    return refuse ? MHD_NO : MHD_YES;
+}
+
+static conn_slot *conn_started(conn_guard *g, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *fd =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    conn_slot *s = calloc(1, sizeof *s);
+    if (s == NULL || fd == NULL) {
+        free(s);
+        return NULL; /* untracked: MHD's own timeout still applies */
+    }
+    s->fd = fd->connect_fd;
+    s->phase = CONN_BUSY;
+    pthread_mutex_lock(&g->mu);
+    s->addr = addr_find(g, ci ? ci->client_addr : NULL, true);
+    if (s->addr)
+        s->addr->n++;
+    g->open++;
+    slot_move(g, s, CONN_HEADERS);
+    pthread_mutex_unlock(&g->mu);
+    return s;
+}
+
+static void conn_closed(conn_guard *g, conn_slot *s)
+{
+    pthread_mutex_lock(&g->mu);
+    slot_unlink(g, s);
+    addr_release(g, s->addr);
+    g->open--;
+    pthread_mutex_unlock(&g->mu);
+    free(s);
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION (event thread). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    conn_guard *g = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+        *socket_context = conn_started(g, conn);
+    else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        conn_closed(g, *socket_context);
+        *socket_context = NULL;
+    }
+}
+
+static conn_slot *slot_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Into `to`, unless the connection is being shut down (that decision
+   stands) or, with only_idle, it is not between requests. */
+static void conn_phase_set(conn_guard *g, struct MHD_Connection *conn, conn_phase to,
+                           bool only_idle)
+{
+    conn_slot *s = slot_of(conn);
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&g->mu);
+    if (s->phase != CONN_CLOSING && (!only_idle || s->phase == CONN_IDLE))
+        slot_move(g, s, to);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* MHD_OPTION_URI_LOG_CALLBACK (event thread): a request line is in.  On a
+   keep-alive connection the deadline for its headers starts now; a new
+   connection's started when it was accepted.  NULL leaves *req_cls unset. */
+static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)uri;
+    conn_phase_set(cls, conn, CONN_HEADERS, true);
+    return NULL;
+}
+
+static bool guard_init(conn_guard *g)
+{
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0)
+        return false;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    bool ok = pthread_mutex_init(&g->mu, NULL) == 0 &&
+              pthread_cond_init(&g->wake, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+    return ok;
+}
+
+/* The limit asked for, or what the descriptor limit leaves once the
+   database connections and our own files have theirs. */
+static int connection_limit(const shop_config *cfg, const shop_process_config *proc)
+{
+    struct rlimit rl;
+    long long fds = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        fds = rl.rlim_cur == RLIM_INFINITY ? 1048576 /* Linux's nr_open */
+                                           : (long long)rl.rlim_cur;
+    long long room = fds - FD_RESERVE - cfg->pool_size - cfg->max_overflow;
+    if (room < 16)
+        room = 16;
+    if (proc->max_connections > 0) {
+        if (proc->max_connections > room)
+            shop_log(SHOP_LOG_WARN, "--max-connections %d is more than the %lld "
+                     "file descriptors left for clients (ulimit -n %lld)",
+                     proc->max_connections, room, fds);
+        return proc->max_connections;
+    }
+    return room > INT_MAX ? INT_MAX : (int)room;
+}
+
+static void guard_configure(conn_guard *g, const shop_config *cfg,
+                            const shop_process_config *proc)
+{
+    g->max = connection_limit(cfg, proc);
+    /* Eviction starts a little below the limit: a connection shut down is
+       counted until MHD's next pass closes it, and MHD stops accepting at
+       the limit itself. */
+    int slack = g->max / 16 < 8 ? 8 : g->max / 16;
+    g->high = g->max > 2 * slack ? g->max - slack : g->max / 2;
+    g->per_ip = proc->max_connections_per_ip;
+    g->header_timeout_ms = proc->header_timeout_ms;
+    shop_log(SHOP_LOG_INFO, "client connections: at most %d, %d per address (0: no limit), "
+             "headers within %lld ms", g->max, g->per_ip, g->header_timeout_ms);
+}
+
+static bool guard_start(conn_guard *g)
+{
+    g->sweeper_started = pthread_create(&g->sweeper, NULL, sweeper_main, g) == 0;
+    return g->sweeper_started;
+}
+
+static void guard_stop(conn_guard *g)
+{
+    if (!g->sweeper_started)
+        return;
+    pthread_mutex_lock(&g->mu);
+    g->stop = true;
+    pthread_cond_signal(&g->wake);
+    pthread_mutex_unlock(&g->mu);
+    pthread_join(g->sweeper, NULL);
+    g->sweeper_started = false;
+}
+
+static void guard_destroy(conn_guard *g)
+{
+    for (int i = 0; i < ADDR_BUCKETS; i++)
+        while (g->addrs[i]) {
+            addr_count *a = g->addrs[i];
+            g->addrs[i] = a->next;
+            free(a);
+        }
+    pthread_cond_destroy(&g->wake);
+    pthread_mutex_destroy(&g->mu);
+}
+
+static void guard_gauges(conn_guard *g, shop_http_gauges *out)
+{
+    pthread_mutex_lock(&g->mu);
+    out->connections_open = g->open;
+    out->connections_max = g->max;
+    out->refused_per_ip = g->refused_per_ip;
+    out->closed_header_timeout = g->closed_header_timeout;
+    out->evicted = g->evicted;
+    pthread_mutex_unlock(&g->mu);
+}
 
 typedef enum job_state {
     JOB_READING,  /* headers seen, body arriving: event thread only */
@@ -55,7 +450,15 @@ struct shop_http {
     shop_app *app;
     pgtx_pool *pool;
     shop_metrics *metrics;
-    pgtx_engine *health;     /* owned: SELECT 1 for /healthz */
+    pgtx_engine *health;     /* owned: SELECT 1 for /healthz, on pool */
+    pgtx_engine *health_own; /* owned: the same on health_pool */
+    pgtx_pool *health_pool;  /* borrowed: /healthz's own connection */
+    pthread_t health_thread; /* /healthz's own lane (see dispatch_health) */
+    bool health_started;
+    pthread_cond_t health_work; /* a probe was queued, or it must stop */
+    http_job **health_ring;  /* owned array of borrowed jobs waiting */
+    int health_head, health_count; /* of cap, like the workers' ring */
+    conn_guard guard;        /* every client connection, for the limits */
     struct MHD_Daemon *daemon;
     MHD_socket listen_fd;    /* handed back by quiesce, closed after stop */
     int port;
@@ -183,13 +586,30 @@ static bool only_get(http_job *job)
     return false;
 }
 
+/* The probe takes one of the workers' pooled connections while one is free
+   or may be opened, so that an outage and its end are seen (and logged
+   once) by the pool that serves requests; when every one is taken, or it
+   lost the race for the last, it takes its own and waits for no one. */
+static pgtx_status health_probe(shop_http *h, pgtx_error *err)
+{
+    pgtx_pool_stats s;
+    pgtx_pool_stats_get(h->pool, &s);
+    bool taken = s.waiting > 0 ||
+                 (s.idle == 0 && s.open >= h->cfg->pool_size + h->cfg->max_overflow);
+    pgtx_status st = taken ? PGTX_POOL_TIMEOUT
+                           : pgtx_run(h->health, select_one, NULL, NULL, err);
+    if (pgtx_status_class(st) == PGTX_CLASS_POOL)
+        st = pgtx_run(h->health_own, select_one, NULL, NULL, err);
+    return st;
+}
+
 static void route_healthz(shop_http *h, http_job *job)
 {
     job->res.route = "GET /healthz";
     if (!only_get(job))
         return;
     pgtx_error err;
-    if (pgtx_run(h->health, select_one, NULL, NULL, &err) != PGTX_OK) {
+    if (health_probe(h, &err) != PGTX_OK) {
         shop_log(SHOP_LOG_WARN, "healthz: %s: %s", pgtx_status_name(err.status),
                  err.message);
         set_error(&job->res, 503, "database_unavailable",
@@ -203,8 +623,9 @@ static void route_healthz(shop_http *h, http_job *job)
 static shop_http_gauges gauges(shop_http *h)
 {
     pthread_mutex_lock(&h->mu);
-    shop_http_gauges g = {h->count, h->cap, h->busy, h->nworkers};
+    shop_http_gauges g = {h->count, h->cap, h->busy, h->nworkers, 0, 0, 0, 0, 0};
     pthread_mutex_unlock(&h->mu);
+    guard_gauges(&h->guard, &g);
     return g;
 }
 
@@ -281,21 +702,96 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* ---- /healthz's own lane ---------------------------------------------------- */
+
+/* /healthz runs on a thread and a connection of its own: a live database
+   must not look dead because every worker and pooled connection is taken
+   (requests waiting on a row another client keeps locked, a burst).  Its
+   jobs are suspended and resumed like the workers' (h->suspended). */
+static http_job *next_health_job(shop_http *h)
+{
+    pthread_mutex_lock(&h->mu);
+    while (h->health_count == 0 && !h->closed)
+        pthread_cond_wait(&h->health_work, &h->mu);
+    http_job *job = NULL;
+    if (h->health_count > 0) {
+        job = h->health_ring[h->health_head];
+        h->health_head = (h->health_head + 1) % h->cap;
+        h->health_count--;
+    }
+    pthread_mutex_unlock(&h->mu);
+    return job;
+}
+
+static void *health_main(void *arg)
+{
+    shop_http *h = arg;
+    http_job *job;
+    while ((job = next_health_job(h)) != NULL) {
+        run_job(h, job);
+        struct MHD_Connection *conn = job->conn; /* as in worker_main */
+        pthread_mutex_lock(&h->mu);
+        job->state = JOB_DONE;
+        pthread_mutex_unlock(&h->mu);
+        MHD_resume_connection(conn);
+    }
+    return NULL;
+}
+
 /* ---- the event thread ---------------------------------------------------- */
 
 typedef struct framing {
     int content_length;
     int transfer_encoding;
-    bool chunked_only; /* every Transfer-Encoding says just "chunked" */
+    int authorization;
+    bool chunked_only;   /* every Transfer-Encoding says just "chunked" */
+    const char *invalid; /* why a header line is refused, or NULL */
 } framing;
 
+/* RFC 9110 5.6.2: a field name is a token.  MHD keeps "Content-Length "
+   (space before the colon) as a name of its own, which a lenient proxy
+   would read as the framing header: refusing it closes that gap. */
+static bool is_token(const char *s, size_t len)
+{
+    static const char punct[] = "!#$%&'*+-.^_`|~";
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+                     (c >= 'A' && c <= 'Z');
+        if (!alnum && (c == '\0' || strchr(punct, c) == NULL))
+            return false;
+    }
+    return true;
+}
+
+/* RFC 9110 5.5: visible characters, space, tab and obs-text; no control
+   character (a NUL, a bare CR, DEL). */
+static bool is_field_value(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
 static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind,
-                                     const char *key, const char *value)
+                                     const char *key, size_t key_size,
+                                     const char *value, size_t value_size)
 {
     (void)kind;
     framing *f = cls;
+    if (!is_token(key, key_size))
+        f->invalid = "a header name that is not a token (RFC 9110 5.6.2)";
+    else if (value && !is_field_value(value, value_size))
+        f->invalid = "a control character in a header value";
     if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
         f->content_length++;
+    if (strcasecmp(key, MHD_HTTP_HEADER_AUTHORIZATION) == 0)
+        f->authorization++;
     if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
         f->transfer_encoding++;
         if (value == NULL || strcasecmp(value, "chunked") != 0)
@@ -304,18 +800,23 @@ static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind,
     return MHD_YES;
 }
 
-/* Why the request's framing is ambiguous (a request smuggling vector),
-   or NULL when it is sound. */
+/* Why the request's header section cannot be trusted (a request smuggling
+   vector: what follows may be framed differently by a proxy in front), or
+   NULL when it is sound. */
 static const char *framing_error(struct MHD_Connection *conn)
 {
-    framing f = {0, 0, true};
-    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_framing, &f);
+    framing f = {0, 0, 0, true, NULL};
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, count_framing, &f);
+    if (f.invalid)
+        return f.invalid;
     if (f.content_length > 1)
         return "more than one Content-Length header";
     if (f.content_length && f.transfer_encoding)
         return "Content-Length together with Transfer-Encoding";
     if (f.transfer_encoding > 1 || !f.chunked_only)
         return "unsupported Transfer-Encoding";
+    if (f.authorization > 1)
+        return "more than one Authorization header";
     return NULL;
 }
 
@@ -399,6 +900,7 @@ static enum MHD_Result on_headers(shop_http *h, struct MHD_Connection *conn,
                                   const char *url, const char *method,
                                   void **req_cls)
 {
+    conn_phase_set(&h->guard, conn, CONN_BUSY, false);
     http_job *job = job_new(conn, url, method);
     if (job == NULL)
         return MHD_NO; /* out of memory: MHD drops the connection */
@@ -415,11 +917,21 @@ static enum MHD_Result on_headers(shop_http *h, struct MHD_Connection *conn,
        sending, and closing on it could reset the connection before it reads
        the 413, so its body is read and dropped first (on_body). */
     if (expects_continue(conn) ||
-        (unsigned long long)declared - h->cfg->max_body > DISCARD_LIMIT)
+        (unsigned long long)declared - h->cfg->max_body > DRAIN_LIMIT)
         return answer_now(h, job, 413, "body_too_large",
                           "the request body is larger than the server accepts");
     job->too_large = true;
     return MHD_YES;
+}
+
+/* Whether a too-large body is still within the drain bounds; past them
+   the connection is cut, with no answer. */
+static bool draining(const shop_http *h, const http_job *job)
+{
+    size_t seen = job->req.body_len + job->discarded;
+    if (seen > h->cfg->max_body && seen - h->cfg->max_body > DRAIN_LIMIT)
+        return false;
+    return seconds_since(&job->started) <= DRAIN_SECONDS;
 }
 
 static enum MHD_Result on_body(shop_http *h, http_job *job, const char *data,
@@ -430,7 +942,7 @@ static enum MHD_Result on_body(shop_http *h, http_job *job, const char *data,
     if (job->too_large || n > h->cfg->max_body - job->req.body_len) {
         job->too_large = true;
         job->discarded += n;
-        return job->discarded > DISCARD_LIMIT ? MHD_NO : MHD_YES;
+        return draining(h, job) ? MHD_YES : MHD_NO;
     }
     if (job->req.body_len + n > job->cap) {
         size_t cap = job->cap ? job->cap : 1024;
@@ -447,6 +959,25 @@ static enum MHD_Result on_body(shop_http *h, http_job *job, const char *data,
     return MHD_YES;
 }
 
+/* A /healthz goes to its own thread's queue, never the workers'. */
+static enum MHD_Result dispatch_health(shop_http *h, http_job *job)
+{
+    pthread_mutex_lock(&h->mu);
+    if (h->closed || h->health_count == h->cap) {
+        pthread_mutex_unlock(&h->mu);
+        return answer_now(h, job, 503, "overloaded",
+                          "too many health checks are waiting; retry shortly");
+    }
+    MHD_suspend_connection(job->conn);
+    job->state = JOB_QUEUED;
+    h->health_ring[(h->health_head + h->health_count) % h->cap] = job;
+    h->health_count++;
+    h->suspended++;
+    pthread_cond_signal(&h->health_work);
+    pthread_mutex_unlock(&h->mu);
+    return MHD_YES;
+}
+
 /* The whole request is in: suspend it and queue it for a worker, or say
    at once that there is no room. */
 static enum MHD_Result dispatch(shop_http *h, http_job *job)
@@ -455,6 +986,8 @@ static enum MHD_Result dispatch(shop_http *h, http_job *job)
         return answer_now(h, job, 413, "body_too_large",
                           "the request body is larger than the server accepts");
     job->req.body = job->req.body_len ? job->buf : NULL;
+    if (strcmp(job->req.path, "/healthz") == 0)
+        return dispatch_health(h, job);
     pthread_mutex_lock(&h->mu);
     if (h->closed || h->count == h->cap) {
         pthread_mutex_unlock(&h->mu);
@@ -471,13 +1004,20 @@ static enum MHD_Result dispatch(shop_http *h, http_job *job)
     return MHD_YES;
 }
 
-/* The worker is done and the connection is back: send its answer. */
-static enum MHD_Result answer_done(shop_http *h, http_job *job)
+/* The connection left suspension for good (answered, or its client hung
+   up while the worker ran): a shutdown no longer waits for it. */
+static void settle(shop_http *h)
 {
     pthread_mutex_lock(&h->mu);
     h->suspended--;
     pthread_cond_broadcast(&h->settled);
     pthread_mutex_unlock(&h->mu);
+}
+
+/* The worker is done and the connection is back: send its answer. */
+static enum MHD_Result answer_done(shop_http *h, http_job *job)
+{
+    settle(h);
     return send_response(h, job, false);
 }
 
@@ -539,8 +1079,9 @@ static void log_request(const http_job *job, int status, double secs,
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     shop_http *h = cls;
+    /* Between requests now (or about to close, which CLOSED then says). */
+    conn_phase_set(&h->guard, conn, CONN_IDLE, false);
     http_job *job = *req_cls;
     if (job == NULL)
         return;
@@ -552,6 +1093,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         shop_log(SHOP_LOG_ERROR, "request abandoned while running on a worker");
         return;
     }
+    /* Resumed, but the client had gone: MHD closes it without asking for
+       the answer, so answer_done never ran. */
+    if (st == JOB_DONE)
+        settle(h);
     double secs = seconds_since(&job->started);
     int status = st == JOB_ANSWERED ? job->res.status : 0;
     if (st == JOB_ANSWERED)
@@ -633,10 +1178,14 @@ static void stop_workers(shop_http *h)
     pthread_mutex_lock(&h->mu);
     h->closed = true;
     pthread_cond_broadcast(&h->work);
+    pthread_cond_broadcast(&h->health_work);
     pthread_mutex_unlock(&h->mu);
     for (int i = 0; i < h->nworkers; i++)
         pthread_join(h->workers[i], NULL);
     h->nworkers = 0;
+    if (h->health_started)
+        pthread_join(h->health_thread, NULL);
+    h->health_started = false;
 }
 
 static bool create_health_engine(shop_http *h, char *err, size_t errlen)
@@ -647,11 +1196,16 @@ static bool create_health_engine(shop_http *h, char *err, size_t errlen)
     opt.statement_timeout_ms = h->cfg->pool_timeout_ms;
     opt.retry.max_attempts = 1;
     pgtx_error e;
-    if (pgtx_engine_create(h->pool, &opt, &h->health, &e) != PGTX_OK) {
+    if (pgtx_engine_create(h->pool, &opt, &h->health, &e) != PGTX_OK ||
+        pgtx_engine_create(h->health_pool, &opt, &h->health_own, &e) != PGTX_OK) {
         snprintf(err, errlen, "cannot create the health check engine: %s", e.message);
         return false;
     }
-    return true;
+    h->health_started =
+        pthread_create(&h->health_thread, NULL, health_main, h) == 0;
+    if (!h->health_started)
+        snprintf(err, errlen, "cannot start the health check thread");
+    return h->health_started;
 }
 
 static bool init_sync(shop_http *h)
@@ -662,7 +1216,8 @@ static bool init_sync(shop_http *h)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     bool ok = pthread_mutex_init(&h->mu, NULL) == 0 &&
               pthread_cond_init(&h->work, NULL) == 0 &&
-              pthread_cond_init(&h->settled, &ca) == 0;
+              pthread_cond_init(&h->health_work, NULL) == 0 &&
+              pthread_cond_init(&h->settled, &ca) == 0 && guard_init(&h->guard);
     pthread_condattr_destroy(&ca);
     return ok;
 }
@@ -798,11 +1353,14 @@ static bool start_daemon(shop_http *h, shop_listener *l, char *err, size_t errle
         flags |= MHD_USE_IPv6;
     errno = 0;
     h->daemon = MHD_start_daemon(
-        flags, (uint16_t)l->port, NULL, NULL, on_request, h,
+        flags, (uint16_t)l->port, on_accept, &h->guard, on_request, h,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, /* first: MHD wants it so */
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)l->fd,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)h->guard.max,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, &h->guard,
+        MHD_OPTION_URI_LOG_CALLBACK, on_request_line, &h->guard,
         MHD_OPTION_STRICT_FOR_CLIENT, 1,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_path, h,
         MHD_OPTION_END);
@@ -820,22 +1378,28 @@ static bool start_daemon(shop_http *h, shop_listener *l, char *err, size_t errle
 static void http_free(shop_http *h)
 {
     stop_workers(h);
+    guard_stop(&h->guard);
     if (h->daemon)
         MHD_stop_daemon(h->daemon);
+    guard_destroy(&h->guard);
     if (h->listen_fd != MHD_INVALID_SOCKET)
         close(h->listen_fd);
     pgtx_engine_destroy(h->health);
+    pgtx_engine_destroy(h->health_own);
     pthread_cond_destroy(&h->settled);
+    pthread_cond_destroy(&h->health_work);
     pthread_cond_destroy(&h->work);
     pthread_mutex_destroy(&h->mu);
     free(h->workers);
     free(h->ring);
+    free(h->health_ring);
     free(h);
 }
 
-shop_http *shop_http_start(const shop_config *cfg, shop_listener *l, shop_app *app,
-                           pgtx_pool *pool, shop_metrics *metrics, char *err,
-                           size_t errlen)
+shop_http *shop_http_start(const shop_config *cfg, const shop_process_config *proc,
+                           shop_listener *l, shop_app *app,
+                           pgtx_pool *pool, pgtx_pool *health_pool,
+                           shop_metrics *metrics, char *err, size_t errlen)
 {
     shop_http *h = calloc(1, sizeof *h);
     if (h == NULL || !init_sync(h)) {
@@ -845,19 +1409,28 @@ shop_http *shop_http_start(const shop_config *cfg, shop_listener *l, shop_app *a
         return NULL;
     }
     h->cfg = cfg;
+    guard_configure(&h->guard, cfg, proc);
     h->app = app;
     h->pool = pool;
+    h->health_pool = health_pool;
     h->metrics = metrics;
     h->listen_fd = MHD_INVALID_SOCKET;
     h->cap = cfg->queue_size;
     h->ring = calloc((size_t)h->cap, sizeof *h->ring);
-    if (h->ring == NULL || !start_workers(h, cfg->threads)) {
+    h->health_ring = calloc((size_t)h->cap, sizeof *h->health_ring);
+    if (h->ring == NULL || h->health_ring == NULL || !start_workers(h, cfg->threads)) {
         snprintf(err, errlen, "cannot start %d worker threads", cfg->threads);
         shop_listener_close(l);
         http_free(h);
         return NULL;
     }
     if (!create_health_engine(h, err, errlen)) {
+        shop_listener_close(l);
+        http_free(h);
+        return NULL;
+    }
+    if (!guard_start(&h->guard)) {
+        snprintf(err, errlen, "cannot start the connection sweeper thread");
         shop_listener_close(l);
         http_free(h);
         return NULL;

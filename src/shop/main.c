@@ -12,6 +12,7 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,7 +36,8 @@ typedef struct service {
     shop_listener *listener; /* owned until start_http hands it over */
     lpg_cluster *cluster;   /* owned when the database is embedded */
     const char *conninfo;   /* borrowed from cfg or the cluster */
-    pgtx_pool *pool;        /* owned, like the three below */
+    pgtx_pool *pool;        /* owned, like the four below */
+    pgtx_pool *health_pool; /* /healthz's one connection */
     shop_metrics *metrics;
     shop_app *app;
     shop_http *http;
@@ -137,7 +139,8 @@ static bool start_embedded(service *s)
     lpg_options o;
     lpg_options_init(&o);
     o.data_dir = s->cfg.data_dir;
-    o.max_connections = s->cfg.pool_size + s->cfg.max_overflow + EMBEDDED_HEADROOM;
+    o.max_connections = s->cfg.pool_size + s->cfg.max_overflow + 1 /* /healthz */ +
+                        EMBEDDED_HEADROOM;
     lpg_error e;
     if (lpg_start(&o, &s->cluster, &e) != LPG_OK) {
         fprintf(stderr, "pgtx-shop: cannot start the embedded PostgreSQL in %s: %s\n",
@@ -173,6 +176,15 @@ static void on_pool_log(void *arg, pgtx_log_level level, const char *msg)
                                        : SHOP_LOG_DEBUG, "%s", msg);
 }
 
+/* The health check's pool says nothing above debug: an outage is told by
+   the main pool once, and by /healthz's own line per failed probe. */
+static void on_health_pool_log(void *arg, pgtx_log_level level, const char *msg)
+{
+    (void)arg;
+    (void)level;
+    shop_log(SHOP_LOG_DEBUG, "healthz %s", msg);
+}
+
 static bool create_pool(service *s)
 {
     pgtx_pool_config pc;
@@ -189,6 +201,16 @@ static bool create_pool(service *s)
     pgtx_error e;
     if (pgtx_pool_create(&pc, &s->pool, &e) != PGTX_OK) {
         fprintf(stderr, "pgtx-shop: cannot create the connection pool: %s\n", e.message);
+        return false;
+    }
+    /* /healthz's own connection, opened on the first probe: it answers
+       while every pooled one is taken. */
+    pc.pool_size = 1;
+    pc.max_overflow = 0;
+    pc.statement_cache_size = 0;
+    pc.log = on_health_pool_log;
+    if (pgtx_pool_create(&pc, &s->health_pool, &e) != PGTX_OK) {
+        fprintf(stderr, "pgtx-shop: cannot create the health check pool: %s\n", e.message);
         return false;
     }
     return true;
@@ -389,8 +411,8 @@ static bool create_app(service *s)
 static bool start_http(service *s)
 {
     char err[400];
-    s->http = shop_http_start(&s->cfg, s->listener, s->app, s->pool, s->metrics, err,
-                              sizeof err);
+    s->http = shop_http_start(&s->cfg, &s->proc, s->listener, s->app, s->pool, s->health_pool,
+                              s->metrics, err, sizeof err);
     s->listener = NULL; /* the server's now, even when it failed */
     if (s->http == NULL) {
         fprintf(stderr, "pgtx-shop: %s\n", err);
@@ -444,6 +466,7 @@ static bool stop(service *s)
     if (s->pool && pgtx_pool_close(s->pool, 5000) != PGTX_OK)
         shop_log(SHOP_LOG_WARN, "connections still borrowed at shutdown");
     pgtx_pool_destroy(s->pool);
+    pgtx_pool_destroy(s->health_pool);
     shop_metrics_destroy(s->metrics);
     sodium_memzero(s->token, sizeof s->token);
     if (s->cluster == NULL)
@@ -454,6 +477,20 @@ static bool stop(service *s)
         return false;
     }
     return true;
+}
+
+/* Every client connection is a descriptor: the soft limit (often 1024)
+   goes up to the hard one, which the connection limit is sized from. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == rl.rlim_max)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        shop_log(SHOP_LOG_WARN, "cannot raise the open file limit from %llu: %s",
+                 (unsigned long long)was, strerror(errno));
 }
 
 int main(int argc, char **argv)
@@ -469,6 +506,7 @@ int main(int argc, char **argv)
         shop_log(SHOP_LOG_WARN, "--pool-size %d + --max-overflow %d < --threads %d: "
                  "workers will wait for each other's connections",
                  s.cfg.pool_size, s.cfg.max_overflow, s.cfg.threads);
+    raise_fd_limit();
     if (!install_signals()) {
         fprintf(stderr, "pgtx-shop: cannot install signal handlers: %s\n", strerror(errno));
         return 1;

@@ -37,6 +37,7 @@ struct shop_metrics {
     route_stats *routes; /* owned, nroutes used, cap allocated */
     size_t nroutes, cap;
     tx_stats tx[SHOP_STRATEGY_COUNT]; /* atomics: the hot path takes no lock */
+    _Atomic uint64_t auth_lookups, auth_cached; /* account tokens checked */
     /* connections opened per second, between two scrapes at least a
        second apart (guarded by mu) */
     uint64_t opened_seen;
@@ -78,6 +79,12 @@ void shop_metrics_tx(shop_metrics *m, shop_strategy s, shop_tx_outcome o,
     atomic_fetch_add(o == SHOP_TX_COMMITTED ? &t->committed : &t->failed, 1);
     if (retries > 0)
         atomic_fetch_add(&t->retries, (uint64_t)retries);
+}
+
+void shop_metrics_auth_lookup(shop_metrics *m, bool cached)
+{
+    if (m != NULL)
+        atomic_fetch_add(cached ? &m->auth_cached : &m->auth_lookups, 1);
 }
 
 /* ---- requests ---------------------------------------------------------- */
@@ -338,6 +345,20 @@ static void render_http(FILE *f, const shop_http_gauges *g)
     gauge(f, "http_workers_busy", "Worker threads running a request.",
           g->workers_busy);
     gauge(f, "http_workers", "Worker threads.", g->workers);
+    gauge(f, "http_connections", "Client connections open.", g->connections_open);
+    gauge(f, "http_connections_max", "Client connections allowed (--max-connections).",
+          g->connections_max);
+    counter(f, "http_connections_refused_total",
+            "Connections closed at accept: the address held --max-connections-per-ip.",
+            (uint64_t)g->refused_per_ip);
+    counter(f, "http_connections_header_timeouts_total",
+            "Connections closed: request line and headers not in within "
+            "--header-timeout-ms.",
+            (uint64_t)g->closed_header_timeout);
+    counter(f, "http_connections_evicted_total",
+            "Idle or header-reading connections closed to make room near "
+            "--max-connections.",
+            (uint64_t)g->evicted);
 }
 
 char *shop_metrics_render(shop_metrics *m, pgtx_pool *pool,
@@ -352,6 +373,12 @@ char *shop_metrics_render(shop_metrics *m, pgtx_pool *pool,
     render_latency(f, m);
     pthread_mutex_unlock(&m->mu);
     render_tx(f, m);
+    counter(f, "auth_lookups_total",
+            "Account tokens looked up in the database.",
+            atomic_load(&m->auth_lookups));
+    counter(f, "auth_cache_hits_total",
+            "Account tokens checked against a recent lookup instead.",
+            atomic_load(&m->auth_cached));
     if (pool) {
         pgtx_pool_stats s;
         pgtx_pool_stats_get(pool, &s);

@@ -136,8 +136,15 @@ void reply_failure(shop_response *res, pgtx_status st, const pgtx_run_info *info
     case PGTX_CLASS_POOL:
         reply_unavailable(res, "overloaded", "no database connection in time", err);
         return;
-    case PGTX_CLASS_TIMEOUT: /* only a server-side statement or lock timeout */
-        reply_unavailable(res, "overloaded", "a database wait timed out", err);
+    case PGTX_CLASS_TIMEOUT:
+        /* 55P03: a row stayed locked by another transaction past
+           --lock-timeout-ms.  Not retried here: the holder may keep it for
+           long, and a worker waiting on it serves no one else. */
+        if (st == PGTX_LOCK_NOT_AVAILABLE)
+            reply_unavailable(res, "row_busy", "a row this request needs is "
+                              "locked by another transaction", err);
+        else
+            reply_unavailable(res, "overloaded", "a database wait timed out", err);
         return;
     case PGTX_CLASS_CONNECTION:
         if (st == PGTX_COMMIT_UNKNOWN)

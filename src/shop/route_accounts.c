@@ -52,8 +52,13 @@ void accounts_create(shop_ctx *ctx)
     shop_num balance = num_of(b.num[1]);
     stmt_arg a = {.sql = CREATE_SQL, .n = 3,
                   .params = {b.text[0], balance.s, hash_hex}};
-    if (run_tx(ctx, engine_for(ctx), stmt_tx, &a, NULL))
+    if (run_tx(ctx, engine_for(ctx), stmt_tx, &a, NULL)) {
+        int64_t id;
+        /* An earlier "no such account" for this id must not outlive it. */
+        if (pgtx_result_int64(a.rows, 0, 0, &id) == PGTX_OK)
+            auth_forget(ctx->app, id);
         reply_created(ctx->res, a.rows, secret);
+    }
     sodium_memzero(secret, sizeof secret);
     PQclear(a.rows);
     body_free(&b);

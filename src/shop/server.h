@@ -25,10 +25,16 @@
 
 #define SHOP_DEFAULT_DATA_DIR ".pgtx/pgdata"
 #define SHOP_DEFAULT_LISTEN "127.0.0.1:8080"
+/* Ample for any client on a real network; a slowloris holds a connection
+   no longer than this. */
+#define SHOP_DEFAULT_HEADER_TIMEOUT_MS 10000
 
 /* What only the process side reads; the app sees shop_config alone. */
 typedef struct shop_process_config {
     bool reuse_port; /* SO_REUSEPORT: processes that all ask share the address */
+    int max_connections;        /* 0: from the file descriptor limit */
+    int max_connections_per_ip; /* 0: no limit per client address */
+    int header_timeout_ms;      /* request line and headers, in total */
 } shop_process_config;
 
 typedef enum shop_config_result {
@@ -69,6 +75,11 @@ typedef struct shop_http_gauges {
     int queue_capacity;
     int workers_busy;
     int workers;
+    long long connections_open;
+    long long connections_max;       /* the limit in force */
+    long long refused_per_ip;        /* refused: the address had its share */
+    long long closed_header_timeout; /* headers not complete in time */
+    long long evicted;               /* idle or unfinished ones, for room */
 } shop_http_gauges;
 
 /* NULL when out of memory.  Release with shop_metrics_destroy(). */
@@ -100,12 +111,16 @@ shop_listener *shop_listener_bind(const shop_config *cfg, bool reuse_port,
 void shop_listener_close(shop_listener *l);
 
 /* Starts listening on l (which it takes, even on failure) with
-   cfg->threads workers.  Borrows everything else it is given (they must
+   cfg->threads workers; /healthz runs on a thread of its own with
+   health_pool's connection, so that busy workers or a taken pool never
+   make a live database look down.  Borrows everything else it is given (they must
    outlive shop_http_stop).  On failure returns NULL and writes a sentence
    into err. */
-shop_http *shop_http_start(const shop_config *cfg, shop_listener *l,
+shop_http *shop_http_start(const shop_config *cfg, const shop_process_config *proc,
+                           shop_listener *l,
                            shop_app *app, pgtx_pool *pool,
-                           shop_metrics *metrics, char *err, size_t errlen);
+                           pgtx_pool *health_pool, shop_metrics *metrics,
+                           char *err, size_t errlen);
 
 /* The port actually bound (the real one when cfg asked for 0). */
 int shop_http_port(const shop_http *h);

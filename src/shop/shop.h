@@ -66,6 +66,7 @@ typedef struct shop_config {
     int statement_cache;      /* statements prepared per connection; 0: none */
     int pool_timeout_ms;      /* checkout timeout -> 503 overloaded */
     int db_timeout_ms;        /* socket timeout: no answer -> 503; 0: none */
+    int lock_timeout_ms;      /* SET LOCAL lock_timeout per write; 0: none */
     shop_strategy strategy;   /* default write strategy */
     bool allow_unsafe;        /* accept naive */
     shop_log_level log_level;
@@ -85,6 +86,10 @@ typedef enum shop_tx_outcome {
    (attempts - 1). */
 void shop_metrics_tx(shop_metrics *m, shop_strategy s, shop_tx_outcome o,
                      int retries);
+
+/* One account token checked: `cached` when the cache of lookups answered,
+   else it cost a database lookup. */
+void shop_metrics_auth_lookup(shop_metrics *m, bool cached);
 
 /* ---- the app (app.c and friends) ---------------------------------------- */
 
