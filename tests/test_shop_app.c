@@ -729,7 +729,8 @@ static void test_orders_happy(void **state)
         assert_int_equal(field(&r, "total"), 200);
         reply_free(&r);
         account other = new_account("other", 0);
-        expect_error(REQ(.method = "GET", .path = path, .token = other.token), 403, "forbidden");
+        /* as unknown to another account as a missing order */
+        expect_error(REQ(.method = "GET", .path = path, .token = other.token), 404, "not_found");
         snprintf(path, sizeof path, "/v1/accounts/%lld/orders", a.id);
         r = REQ(.method = "GET", .path = path, .token = a.token);
         expect_status(&r, 200);

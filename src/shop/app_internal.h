@@ -156,6 +156,8 @@ bool auth_identify(shop_ctx *ctx);
    libsodium could not be initialised. */
 bool auth_secret_new(char secret[SHOP_SECRET_LEN + 1],
                      unsigned char hash[SHOP_HASH_BYTES]);
+/* The caller is the admin or `account_id`'s owner; replies nothing. */
+bool auth_acts_for(const shop_ctx *ctx, int64_t account_id);
 /* 403 unless the caller is the admin or `account_id`'s owner. */
 bool auth_may_act_for(shop_ctx *ctx, int64_t account_id);
 

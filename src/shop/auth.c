@@ -307,10 +307,15 @@ bool auth_identify(shop_ctx *ctx)
     return identify_account(ctx, token);
 }
 
+bool auth_acts_for(const shop_ctx *ctx, int64_t account_id)
+{
+    return ctx->role == SHOP_ROLE_ADMIN ||
+           (ctx->role == SHOP_ROLE_ACCOUNT && ctx->account_id == account_id);
+}
+
 bool auth_may_act_for(shop_ctx *ctx, int64_t account_id)
 {
-    if (ctx->role == SHOP_ROLE_ADMIN ||
-        (ctx->role == SHOP_ROLE_ACCOUNT && ctx->account_id == account_id))
+    if (auth_acts_for(ctx, account_id))
         return true;
     reply_error(ctx->res, 403, "forbidden",
                 "this token may act only on account %lld, not %lld",

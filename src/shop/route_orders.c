@@ -438,8 +438,12 @@ void orders_get(shop_ctx *ctx)
     if (!fetch_by_id(ctx, "SELECT " ORDER_COLUMNS " FROM orders WHERE id = $1",
                      "order", &r))
         return;
-    if (pgtx_result_int64(r, 0, 1, &owner) == PGTX_OK && auth_may_act_for(ctx, owner))
+    /* Another account's order is as unknown as a missing one: a 403 would
+       tell that the id exists. */
+    if (pgtx_result_int64(r, 0, 1, &owner) == PGTX_OK && auth_acts_for(ctx, owner))
         reply_row(ctx->res, 200, r);
+    else
+        reply_error(ctx->res, 404, "not_found", "order %s not found", num_of(ctx->id).s);
     PQclear(r);
 }
 

@@ -588,7 +588,9 @@ def main(h):
               status=403, code="forbidden")
         T.err("POST", "/v1/orders", {"account_id": B["id"], "product_id": P["id"], "quantity": 1}, token=tok,
               headers={"Idempotency-Key": T.h.unique("k")}, status=403, code="forbidden")
-        T.err("GET", "/v1/orders/%d" % BO["id"], token=tok, status=403, code="forbidden")
+        # another account's order is as unknown as a missing one: a 403 would
+        # tell that the id exists
+        T.err("GET", "/v1/orders/%d" % BO["id"], token=tok, status=404, code="not_found")
         T.err("POST", "/v1/accounts", {"name": T.h.unique("x"), "balance": 1}, token=tok, status=403,
               code="forbidden")
         T.err("POST", "/v1/products", {"name": T.h.unique("x"), "price": 1, "stock": 1}, token=tok, status=403,
