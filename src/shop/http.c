@@ -445,6 +445,15 @@ typedef struct http_job {
     unsigned long long id; /* this process's request number, for logs */
 } http_job;
 
+/* Jobs waiting for a thread, first come first served: a ring of cap
+   (shop_http's) borrowed jobs, guarded by shop_http's mu. */
+typedef struct job_queue {
+    pthread_cond_t ready;    /* a job was queued, or the takers must stop */
+    http_job **ring;         /* owned array */
+    int head, count;
+    bool busy;               /* its jobs count in shop_http's busy */
+} job_queue;
+
 struct shop_http {
     const shop_config *cfg;  /* borrowed, like app, pool and metrics */
     shop_app *app;
@@ -455,9 +464,7 @@ struct shop_http {
     pgtx_pool *health_pool;  /* borrowed: /healthz's own connection */
     pthread_t health_thread; /* /healthz's own lane (see dispatch_health) */
     bool health_started;
-    pthread_cond_t health_work; /* a probe was queued, or it must stop */
-    http_job **health_ring;  /* owned array of borrowed jobs waiting */
-    int health_head, health_count; /* of cap, like the workers' ring */
+    job_queue health_jobs;   /* /healthz's jobs waiting */
     conn_guard guard;        /* every client connection, for the limits */
     struct MHD_Daemon *daemon;
     MHD_socket listen_fd;    /* handed back by quiesce, closed after stop */
@@ -465,10 +472,9 @@ struct shop_http {
     pthread_t *workers;      /* owned; nworkers of them running */
     int nworkers;
     pthread_mutex_t mu;      /* guards everything below and job states */
-    pthread_cond_t work;     /* a job was queued, or the workers must stop */
     pthread_cond_t settled;  /* a suspended connection was answered */
-    http_job **ring;         /* owned array of borrowed jobs waiting */
-    int cap, head, count;
+    job_queue jobs;          /* the workers' jobs waiting */
+    int cap;                 /* of each queue */
     int busy;                /* jobs on a worker now */
     int suspended;           /* connections suspended and not yet answered */
     bool closed;             /* no more jobs: the workers leave once idle */
@@ -623,7 +629,7 @@ static void route_healthz(shop_http *h, http_job *job)
 static shop_http_gauges gauges(shop_http *h)
 {
     pthread_mutex_lock(&h->mu);
-    shop_http_gauges g = {h->count, h->cap, h->busy, h->nworkers, 0, 0, 0, 0, 0};
+    shop_http_gauges g = {h->jobs.count, h->cap, h->busy, h->nworkers, 0, 0, 0, 0, 0};
     pthread_mutex_unlock(&h->mu);
     guard_gauges(&h->guard, &g);
     return g;
@@ -667,38 +673,44 @@ static void run_job(shop_http *h, http_job *job)
 
 /* ---- the workers ----------------------------------------------------------- */
 
-/* The next job, or NULL once closed and nothing is left to run. */
-static http_job *next_job(shop_http *h)
+/* The next job of q, or NULL once closed and nothing is left to run. */
+static http_job *take_job(shop_http *h, job_queue *q)
 {
     pthread_mutex_lock(&h->mu);
-    while (h->count == 0 && !h->closed)
-        pthread_cond_wait(&h->work, &h->mu);
+    while (q->count == 0 && !h->closed)
+        pthread_cond_wait(&q->ready, &h->mu);
     http_job *job = NULL;
-    if (h->count > 0) {
-        job = h->ring[h->head];
-        h->head = (h->head + 1) % h->cap;
-        h->count--;
-        h->busy++;
+    if (q->count > 0) {
+        job = q->ring[q->head];
+        q->head = (q->head + 1) % h->cap;
+        q->count--;
+        h->busy += q->busy;
     }
     pthread_mutex_unlock(&h->mu);
     return job;
 }
 
-static void *worker_main(void *arg)
+/* Run q's jobs until it is closed and empty. */
+static void serve_queue(shop_http *h, job_queue *q)
 {
-    shop_http *h = arg;
     http_job *job;
-    while ((job = next_job(h)) != NULL) {
+    while ((job = take_job(h, q)) != NULL) {
         run_job(h, job);
         /* Once resumed, the event thread may answer and free the job at any
            moment: nothing of it is touched after MHD_resume_connection. */
         struct MHD_Connection *conn = job->conn;
         pthread_mutex_lock(&h->mu);
         job->state = JOB_DONE;
-        h->busy--;
+        h->busy -= q->busy;
         pthread_mutex_unlock(&h->mu);
         MHD_resume_connection(conn);
     }
+}
+
+static void *worker_main(void *arg)
+{
+    shop_http *h = arg;
+    serve_queue(h, &h->jobs);
     return NULL;
 }
 
@@ -708,33 +720,10 @@ static void *worker_main(void *arg)
    must not look dead because every worker and pooled connection is taken
    (requests waiting on a row another client keeps locked, a burst).  Its
    jobs are suspended and resumed like the workers' (h->suspended). */
-static http_job *next_health_job(shop_http *h)
-{
-    pthread_mutex_lock(&h->mu);
-    while (h->health_count == 0 && !h->closed)
-        pthread_cond_wait(&h->health_work, &h->mu);
-    http_job *job = NULL;
-    if (h->health_count > 0) {
-        job = h->health_ring[h->health_head];
-        h->health_head = (h->health_head + 1) % h->cap;
-        h->health_count--;
-    }
-    pthread_mutex_unlock(&h->mu);
-    return job;
-}
-
 static void *health_main(void *arg)
 {
     shop_http *h = arg;
-    http_job *job;
-    while ((job = next_health_job(h)) != NULL) {
-        run_job(h, job);
-        struct MHD_Connection *conn = job->conn; /* as in worker_main */
-        pthread_mutex_lock(&h->mu);
-        job->state = JOB_DONE;
-        pthread_mutex_unlock(&h->mu);
-        MHD_resume_connection(conn);
-    }
+    serve_queue(h, &h->health_jobs);
     return NULL;
 }
 
@@ -959,21 +948,24 @@ static enum MHD_Result on_body(shop_http *h, http_job *job, const char *data,
     return MHD_YES;
 }
 
-/* A /healthz goes to its own thread's queue, never the workers'. */
-static enum MHD_Result dispatch_health(shop_http *h, http_job *job)
+/* Suspend the request and queue it on q, or say at once that there is no
+   room (`waiting` names what waits, for the 503's message). */
+static enum MHD_Result put_job(shop_http *h, job_queue *q, http_job *job,
+                               const char *waiting)
 {
     pthread_mutex_lock(&h->mu);
-    if (h->closed || h->health_count == h->cap) {
+    if (h->closed || q->count == h->cap) {
         pthread_mutex_unlock(&h->mu);
-        return answer_now(h, job, 503, "overloaded",
-                          "too many health checks are waiting; retry shortly");
+        char msg[80];
+        snprintf(msg, sizeof msg, "too many %s are waiting; retry shortly", waiting);
+        return answer_now(h, job, 503, "overloaded", msg);
     }
     MHD_suspend_connection(job->conn);
     job->state = JOB_QUEUED;
-    h->health_ring[(h->health_head + h->health_count) % h->cap] = job;
-    h->health_count++;
+    q->ring[(q->head + q->count) % h->cap] = job;
+    q->count++;
     h->suspended++;
-    pthread_cond_signal(&h->health_work);
+    pthread_cond_signal(&q->ready);
     pthread_mutex_unlock(&h->mu);
     return MHD_YES;
 }
@@ -986,22 +978,10 @@ static enum MHD_Result dispatch(shop_http *h, http_job *job)
         return answer_now(h, job, 413, "body_too_large",
                           "the request body is larger than the server accepts");
     job->req.body = job->req.body_len ? job->buf : NULL;
+    /* A /healthz goes to its own thread's queue, never the workers'. */
     if (strcmp(job->req.path, "/healthz") == 0)
-        return dispatch_health(h, job);
-    pthread_mutex_lock(&h->mu);
-    if (h->closed || h->count == h->cap) {
-        pthread_mutex_unlock(&h->mu);
-        return answer_now(h, job, 503, "overloaded",
-                          "too many requests are waiting; retry shortly");
-    }
-    MHD_suspend_connection(job->conn);
-    job->state = JOB_QUEUED;
-    h->ring[(h->head + h->count) % h->cap] = job;
-    h->count++;
-    h->suspended++;
-    pthread_cond_signal(&h->work);
-    pthread_mutex_unlock(&h->mu);
-    return MHD_YES;
+        return put_job(h, &h->health_jobs, job, "health checks");
+    return put_job(h, &h->jobs, job, "requests");
 }
 
 /* The connection left suspension for good (answered, or its client hung
@@ -1177,8 +1157,8 @@ static void stop_workers(shop_http *h)
 {
     pthread_mutex_lock(&h->mu);
     h->closed = true;
-    pthread_cond_broadcast(&h->work);
-    pthread_cond_broadcast(&h->health_work);
+    pthread_cond_broadcast(&h->jobs.ready);
+    pthread_cond_broadcast(&h->health_jobs.ready);
     pthread_mutex_unlock(&h->mu);
     for (int i = 0; i < h->nworkers; i++)
         pthread_join(h->workers[i], NULL);
@@ -1215,8 +1195,8 @@ static bool init_sync(shop_http *h)
         return false;
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     bool ok = pthread_mutex_init(&h->mu, NULL) == 0 &&
-              pthread_cond_init(&h->work, NULL) == 0 &&
-              pthread_cond_init(&h->health_work, NULL) == 0 &&
+              pthread_cond_init(&h->jobs.ready, NULL) == 0 &&
+              pthread_cond_init(&h->health_jobs.ready, NULL) == 0 &&
               pthread_cond_init(&h->settled, &ca) == 0 && guard_init(&h->guard);
     pthread_condattr_destroy(&ca);
     return ok;
@@ -1387,12 +1367,12 @@ static void http_free(shop_http *h)
     pgtx_engine_destroy(h->health);
     pgtx_engine_destroy(h->health_own);
     pthread_cond_destroy(&h->settled);
-    pthread_cond_destroy(&h->health_work);
-    pthread_cond_destroy(&h->work);
+    pthread_cond_destroy(&h->health_jobs.ready);
+    pthread_cond_destroy(&h->jobs.ready);
     pthread_mutex_destroy(&h->mu);
     free(h->workers);
-    free(h->ring);
-    free(h->health_ring);
+    free(h->jobs.ring);
+    free(h->health_jobs.ring);
     free(h);
 }
 
@@ -1416,9 +1396,11 @@ shop_http *shop_http_start(const shop_config *cfg, const shop_process_config *pr
     h->metrics = metrics;
     h->listen_fd = MHD_INVALID_SOCKET;
     h->cap = cfg->queue_size;
-    h->ring = calloc((size_t)h->cap, sizeof *h->ring);
-    h->health_ring = calloc((size_t)h->cap, sizeof *h->health_ring);
-    if (h->ring == NULL || h->health_ring == NULL || !start_workers(h, cfg->threads)) {
+    h->jobs.busy = true;
+    h->jobs.ring = calloc((size_t)h->cap, sizeof *h->jobs.ring);
+    h->health_jobs.ring = calloc((size_t)h->cap, sizeof *h->health_jobs.ring);
+    if (h->jobs.ring == NULL || h->health_jobs.ring == NULL ||
+        !start_workers(h, cfg->threads)) {
         snprintf(err, errlen, "cannot start %d worker threads", cfg->threads);
         shop_listener_close(l);
         http_free(h);
@@ -1460,9 +1442,9 @@ static bool wait_settled(shop_http *h, int ms)
     }
     pthread_mutex_lock(&h->mu);
     int rc = 0;
-    while ((h->count || h->busy || h->suspended) && rc != ETIMEDOUT)
+    while ((h->jobs.count || h->busy || h->suspended) && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&h->settled, &h->mu, &deadline);
-    bool ok = !(h->count || h->busy || h->suspended);
+    bool ok = !(h->jobs.count || h->busy || h->suspended);
     pthread_mutex_unlock(&h->mu);
     return ok;
 }
