@@ -8,6 +8,7 @@
  * token is sent (bit 3 clear) or none; the rest is the body.  A body that
  * passes validation meets the missing database: 500, which is fine here —
  * what must not happen is a crash, a leak, or an answer that is not JSON.
+ * The rows the request names for http.c's turns per row are checked too.
  */
 #include "app.h"
 
@@ -43,6 +44,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         req.body = body;
         req.body_len = size - 2;
     }
+    /* The rows it names, as http.c asks before queueing it: only positive
+       ids, no more than fit. */
+    shop_request_rows rows;
+    shop_request_rows_of(&req, &rows);
+    if (rows.n < 0 || rows.n > SHOP_ROW_KEYS_MAX || (rows.n > 0 && rows.route == NULL))
+        abort();
+    for (int i = 0; i < rows.n; i++)
+        if (rows.key[i].id <= 0)
+            abort();
     shop_response res;
     shop_app_handle(fuzz_app(), &req, &res);
     fuzz_check_response(&res);

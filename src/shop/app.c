@@ -1,6 +1,7 @@
 /* app.c — the domain side's entry: engines, routing (404/405), auth, strategy, then the route's handler. */
 #include "app_internal.h"
 
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,13 @@ typedef enum shop_access {
                           resource it is (from the body or the row) */
 } shop_access;
 
+/* The rows a write route changes: its path's {id}, ids in its body. */
+typedef struct route_rows {
+    shop_row_kind path;                   /* 0: the {id} names no row */
+    const char *field[SHOP_ROW_KEYS_MAX]; /* body fields holding row ids */
+    shop_row_kind kind[SHOP_ROW_KEYS_MAX];
+} route_rows;
+
 typedef struct shop_route {
     const char *method;
     const char *pattern; /* "{id}" stands for a positive int64 segment */
@@ -41,9 +49,11 @@ typedef struct shop_route {
     shop_access access;
     bool write;
     shop_handler handler;
+    route_rows rows;
 } shop_route;
 
-#define ROUTE(m, p, a, w, h) {m, p, m " " p, a, w, h}
+#define ROUTE(m, p, a, w, h) {m, p, m " " p, a, w, h, {0, {NULL}, {0}}}
+#define WRITE_ROUTE(m, p, a, h, ...) {m, p, m " " p, a, true, h, __VA_ARGS__}
 
 /* NOTE: each path takes one method, so a 405's Allow is the method of the
    route whose path matched; a path with two methods would need a combined
@@ -51,19 +61,21 @@ typedef struct shop_route {
 static const shop_route ROUTES[] = {
     ROUTE("POST", "/v1/accounts", ACCESS_ADMIN, true, accounts_create),
     ROUTE("GET", "/v1/accounts/{id}", ACCESS_OWNER_PATH, false, accounts_get),
-    ROUTE("POST", "/v1/accounts/{id}/deposits", ACCESS_OWNER_PATH, true,
-          accounts_deposit),
+    WRITE_ROUTE("POST", "/v1/accounts/{id}/deposits", ACCESS_OWNER_PATH,
+                accounts_deposit, {SHOP_ROW_ACCOUNT, {NULL}, {0}}),
     ROUTE("GET", "/v1/accounts/{id}/orders", ACCESS_OWNER_PATH, false,
           accounts_orders),
     ROUTE("POST", "/v1/products", ACCESS_ADMIN, true, products_create),
     ROUTE("GET", "/v1/products/{id}", ACCESS_ANYONE, false, products_get),
-    ROUTE("POST", "/v1/products/{id}/restock", ACCESS_ADMIN, true,
-          products_restock),
+    WRITE_ROUTE("POST", "/v1/products/{id}/restock", ACCESS_ADMIN,
+                products_restock, {SHOP_ROW_PRODUCT, {NULL}, {0}}),
     ROUTE("POST", "/v1/coupons", ACCESS_ADMIN, true, coupons_create),
     ROUTE("GET", "/v1/coupons/{id}", ACCESS_ANYONE, false, coupons_get),
-    ROUTE("POST", "/v1/coupons/{id}/claims", ACCESS_SIGNED_IN, true,
-          coupons_claim),
-    ROUTE("POST", "/v1/orders", ACCESS_SIGNED_IN, true, orders_create),
+    WRITE_ROUTE("POST", "/v1/coupons/{id}/claims", ACCESS_SIGNED_IN,
+                coupons_claim, {SHOP_ROW_COUPON, {NULL}, {0}}),
+    WRITE_ROUTE("POST", "/v1/orders", ACCESS_SIGNED_IN, orders_create,
+                {0, {"product_id", "account_id", "coupon_id"},
+                 {SHOP_ROW_PRODUCT, SHOP_ROW_ACCOUNT, SHOP_ROW_COUPON}}),
     ROUTE("GET", "/v1/orders/{id}", ACCESS_SIGNED_IN, false, orders_get),
     ROUTE("GET", "/openapi.yaml", ACCESS_ANYONE, false, docs_openapi),
 };
@@ -130,6 +142,49 @@ static const shop_route *route_find(const shop_request *req, shop_response *res,
         reply_error(res, 404, "not_found", "no route for %s", req->path);
     }
     return NULL;
+}
+
+/* ---- the rows a write changes ------------------------------------------------- */
+
+static void add_row(shop_request_rows *out, shop_row_kind kind, int64_t id)
+{
+    if (out->n < SHOP_ROW_KEYS_MAX)
+        out->key[out->n++] = (shop_row_key){kind, id};
+}
+
+/* The body's row ids: only well-formed positive integers count, as the
+   handler would refuse anything else before touching a row. */
+static void body_rows(const shop_request *req, const route_rows *rows,
+                      shop_request_rows *out)
+{
+    if (req->body == NULL || rows->field[0] == NULL)
+        return;
+    json_t *doc = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, NULL);
+    for (int i = 0; json_is_object(doc) && i < SHOP_ROW_KEYS_MAX && rows->field[i]; i++) {
+        json_t *v = json_object_get(doc, rows->field[i]);
+        if (json_is_integer(v) && json_integer_value(v) > 0)
+            add_row(out, rows->kind[i], (int64_t)json_integer_value(v));
+    }
+    json_decref(doc);
+}
+
+void shop_request_rows_of(const shop_request *req, shop_request_rows *out)
+{
+    *out = (shop_request_rows){NULL, 0, {{0, 0}}};
+    if (req->method == NULL || req->path == NULL)
+        return;
+    for (size_t i = 0; i < ROUTE_COUNT; i++) {
+        int64_t id = 0;
+        const shop_route *r = &ROUTES[i];
+        if (!r->write || strcmp(r->method, req->method) != 0 ||
+            !path_matches(r->pattern, req->path, &id))
+            continue;
+        out->route = r->label;
+        if (r->rows.path)
+            add_row(out, r->rows.path, id);
+        body_rows(req, &r->rows, out);
+        return;
+    }
 }
 
 /* ---- auth and strategy ----------------------------------------------------- */
@@ -222,8 +277,13 @@ pgtx_status shop_app_create(pgtx_pool *pool, shop_metrics *metrics,
                         &app->serializable, err);
     if (st == PGTX_OK)
         st = engine_new(pool, PGTX_READ_COMMITTED, true, 0, &app->reader, err);
+    /* auth_init fails when libsodium cannot start or when its cache cannot
+       be allocated: only the first is not a lack of memory (found by
+       tests/test_alloc_fail.c, which got INVALID for an allocation). */
     if (st == PGTX_OK && !auth_init(app, admin_token))
-        st = pgtx_fail(err, PGTX_INVALID, "libsodium could not be initialised");
+        st = sodium_init() < 0
+                 ? pgtx_fail(err, PGTX_INVALID, "libsodium could not be initialised")
+                 : pgtx_fail(err, PGTX_NOMEM, "out of memory");
     if (st != PGTX_OK) {
         shop_app_destroy(app);
         return st;

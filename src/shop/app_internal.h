@@ -98,7 +98,8 @@ bool shop_parse_id(const char *s, size_t len, int64_t *out);
 /* {"error":{"code","message"}} with `status`; replaces any body. */
 void reply_error(shop_response *res, int status, const char *code,
                  const char *fmt, ...) APP_PRINTF(4, 5);
-/* `body` is stolen (even on failure); NULL or unprintable becomes a 500. */
+/* `body` is stolen (even on failure); NULL (out of memory) or one that
+   cannot be printed becomes 503 overloaded. */
 void reply_json(shop_response *res, int status, json_t *body);
 /* A failed pgtx_run as HTTP: the fault if the body set one, else 503s for
    the pool, the connection and exhausted retries, 422 for 22003, else 500. */

@@ -54,6 +54,19 @@ static void reply_overflow(shop_ctx *ctx, const json_error_t *first)
     json_decref(doc);
 }
 
+static json_t *parse(const shop_request *req, json_error_t *e)
+{
+    memset(e, 0, sizeof *e);
+    return json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, e);
+}
+
+/* jansson could not allocate; when it cannot even start (its first
+   allocation) it leaves *e empty. */
+static bool parse_oom(const json_error_t *e)
+{
+    return json_error_code(e) == json_error_out_of_memory || e->text[0] == '\0';
+}
+
 static json_t *load(shop_ctx *ctx)
 {
     const shop_request *req = ctx->req;
@@ -73,8 +86,18 @@ static json_t *load(shop_ctx *ctx)
         return NULL;
     }
     json_error_t e;
-    json_t *doc = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &e);
-    if (doc == NULL && json_error_code(&e) == json_error_numeric_overflow)
+    json_t *doc = parse(req, &e);
+    /* Out of memory is the server's trouble, never a malformed body: API.md's
+       503 (found by tests/test_alloc_fail.c, which got 400s).  jansson
+       reports some of its allocation failures as syntax errors (a string
+       it could not copy is "string expected"); parsing is deterministic, so
+       a body that fails once and then parses failed for memory. */
+    if (doc == NULL && !parse_oom(&e))
+        doc = parse(req, &e);
+    if (doc == NULL && parse_oom(&e)) {
+        reply_error(ctx->res, 503, "overloaded", "out of memory");
+        ctx->res->retry_after = 1;
+    } else if (doc == NULL && json_error_code(&e) == json_error_numeric_overflow)
         reply_overflow(ctx, &e);
     else if (doc == NULL && json_error_code(&e) == json_error_null_character)
         /* jansson's own text names its flag, which means nothing to a client. */

@@ -127,7 +127,7 @@ static const opt_spec specs[OPT_COUNT] = {
     [OPT_THREADS] = {"--threads", "PGTX_THREADS", "N", 1, 1024,
                      "worker threads running requests"},
     [OPT_QUEUE] = {"--queue", "PGTX_QUEUE", "N", 1, 1000000,
-                   "requests waiting for a worker before 503 overloaded"},
+                   "requests waiting (for a worker or their row's turn)\nbefore 503 overloaded"},
     [OPT_POOL_SIZE] = {"--pool-size", "PGTX_POOL_SIZE", "N", 1, 1000,
                        "database connections kept open; at least --threads, "
                        "so that\nno worker waits for another's connection"},

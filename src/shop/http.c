@@ -443,7 +443,18 @@ typedef struct http_job {
     shop_response res;     /* res.body owned until handed to MHD */
     struct timespec started;
     unsigned long long id; /* this process's request number, for logs */
+    shop_request_rows rows; /* what the write changes, named before it runs */
+    bool rows_held;        /* it holds its rows' places in shop_http's gate */
+    struct http_job *wait_prev, *wait_next; /* in shop_http's waiting list */
+    long long wait_until;  /* CLOCK_MONOTONIC ms: then 503 row_busy */
 } http_job;
+
+/* Jobs whose rows have their share in flight, oldest first: suspended,
+   holding no thread, until a place frees up or their wait ends. */
+typedef struct wait_list {
+    http_job *head, *tail;
+    int count;
+} wait_list;
 
 /* Jobs waiting for a thread, first come first served: a ring of cap
    (shop_http's) borrowed jobs, guarded by shop_http's mu. */
@@ -474,7 +485,10 @@ struct shop_http {
     pthread_mutex_t mu;      /* guards everything below and job states */
     pthread_cond_t settled;  /* a suspended connection was answered */
     job_queue jobs;          /* the workers' jobs waiting */
-    int cap;                 /* of each queue */
+    row_gate *gate;          /* owned: places per row in flight */
+    wait_list waiting;       /* jobs waiting for their rows' turn */
+    long long row_waits, row_wait_expired;
+    int cap;                 /* of each queue (jobs: with waiting) */
     int busy;                /* jobs on a worker now */
     int suspended;           /* connections suspended and not yet answered */
     bool closed;             /* no more jobs: the workers leave once idle */
@@ -544,15 +558,35 @@ static void add_headers(shop_http *h, struct MHD_Response *resp,
 /* Queues job->res on the connection.  The body goes to MHD, which frees
    it with the response.  `close` ends the connection after it: used when
    the request's framing cannot be trusted or its body was not read. */
+/* Bodies for an error whose own could not be allocated, so that even out
+   of memory the client gets the documented JSON (a 503 is the app's
+   out-of-memory answer; anything else is a bug of ours).  Not const: MHD
+   takes a `void *`, and only reads it (MHD_RESPMEM_PERSISTENT). */
+static char OOM_BODY[] = "{\"error\":{\"code\":\"overloaded\",\"message\":\"out of memory\"}}";
+static char FAILED_BODY[] =
+    "{\"error\":{\"code\":\"internal\",\"message\":\"the request failed\"}}";
+
+static char *static_error_body(shop_response *res)
+{
+    if (res->status == 503) {
+        res->code = "overloaded";
+        if (res->retry_after <= 0)
+            res->retry_after = 1;
+        return OOM_BODY;
+    }
+    res->code = "internal";
+    return FAILED_BODY;
+}
+
 static enum MHD_Result send_response(shop_http *h, http_job *job, bool close)
 {
     shop_response *res = &job->res;
-    if (res->body == NULL && res->status >= 400)
-        res->body = error_body("error", "the request failed");
-    size_t len = res->body ? strlen(res->body) : 0;
+    char *fixed = res->body == NULL && res->status >= 400 ? static_error_body(res) : NULL;
+    size_t len = fixed ? strlen(fixed) : res->body ? strlen(res->body) : 0;
     struct MHD_Response *resp =
-        len ? MHD_create_response_from_buffer_with_free_callback(len, res->body, free)
-            : MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        fixed ? MHD_create_response_from_buffer(len, fixed, MHD_RESPMEM_PERSISTENT)
+        : len ? MHD_create_response_from_buffer_with_free_callback(len, res->body, free)
+              : MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     if (resp == NULL)
         return MHD_NO;
     if (len)
@@ -629,7 +663,8 @@ static void route_healthz(shop_http *h, http_job *job)
 static shop_http_gauges gauges(shop_http *h)
 {
     pthread_mutex_lock(&h->mu);
-    shop_http_gauges g = {h->jobs.count, h->cap, h->busy, h->nworkers, 0, 0, 0, 0, 0};
+    shop_http_gauges g = {h->jobs.count, h->cap, h->busy, h->nworkers, 0, 0, 0, 0, 0,
+                          h->waiting.count, h->row_waits, h->row_wait_expired};
     pthread_mutex_unlock(&h->mu);
     guard_gauges(&h->guard, &g);
     return g;
@@ -671,23 +706,174 @@ static void run_job(shop_http *h, http_job *job)
                  job->req.path, job->res.body ? job->res.body : "(no body)");
 }
 
+/* ---- rows in flight (all under shop_http's mu) ------------------------------ */
+
+/* A write whose rows already have ROW_IN_FLIGHT requests on workers (or
+   queued for one) waits in h->waiting, suspended, holding no worker and no
+   pooled connection, for at most --lock-timeout-ms: so a row that another
+   client keeps locked takes ROW_IN_FLIGHT workers, not all of them, and
+   other requests go on.  Two, not one: the second already waits in the
+   row's lock queue when the first commits, so a hot row is never idle
+   between two transactions. */
+#define ROW_IN_FLIGHT 2
+#define NO_DEADLINE LLONG_MAX
+
+static void wait_push(wait_list *l, http_job *job)
+{
+    job->wait_next = NULL;
+    job->wait_prev = l->tail;
+    if (l->tail)
+        l->tail->wait_next = job;
+    else
+        l->head = job;
+    l->tail = job;
+    l->count++;
+}
+
+static void wait_unlink(wait_list *l, http_job *job)
+{
+    if (job->wait_prev)
+        job->wait_prev->wait_next = job->wait_next;
+    else
+        l->head = job->wait_next;
+    if (job->wait_next)
+        job->wait_next->wait_prev = job->wait_prev;
+    else
+        l->tail = job->wait_prev;
+    l->count--;
+}
+
+static void ring_push(shop_http *h, job_queue *q, http_job *job)
+{
+    q->ring[(q->head + q->count) % h->cap] = job;
+    q->count++;
+    pthread_cond_signal(&q->ready);
+}
+
+/* Waiting jobs whose rows now have room go to the workers' ring, oldest
+   first, while it has room. */
+static void admit_waiting(shop_http *h)
+{
+    http_job *next;
+    for (http_job *j = h->waiting.head; j && h->jobs.count < h->cap; j = next) {
+        next = j->wait_next;
+        if (row_gate_enter(h->gate, j->rows.key, j->rows.n) != ROW_GATE_ENTERED)
+            continue;
+        wait_unlink(&h->waiting, j);
+        j->rows_held = true;
+        ring_push(h, &h->jobs, j);
+    }
+}
+
+/* Takes j out of the waiting list with a 503 row_busy, chained on
+   wait_next onto `done` with state JOB_DONE, for resume_all once unlocked. */
+static http_job *refuse_waiting(shop_http *h, http_job *j, const char *why,
+                                http_job *done)
+{
+    wait_unlink(&h->waiting, j);
+    set_error(&j->res, 503, "row_busy", why, 1);
+    j->res.route = j->rows.route;
+    j->res.retries = 0;
+    j->state = JOB_DONE;
+    j->wait_next = done;
+    h->row_wait_expired++;
+    return j;
+}
+
+/* Waiting jobs past their deadline.  The list is in deadline order (one
+   wait for all, oldest first). */
+static http_job *expire_waiting(shop_http *h, long long now, http_job *done)
+{
+    http_job *j;
+    while ((j = h->waiting.head) != NULL && j->wait_until <= now)
+        done = refuse_waiting(h, j, "a row this request needs is busy: other "
+                              "requests have been changing it for longer than "
+                              "the lock wait", done);
+    return done;
+}
+
+/* `ran` found one of its rows locked for the whole lock wait: the jobs
+   waiting behind it for one of those rows are answered now, not sent to
+   wait that long again (their own wait would have been the lock wait,
+   then the lock wait once more). */
+static http_job *refuse_behind(shop_http *h, const http_job *ran, http_job *done)
+{
+    http_job *next;
+    for (http_job *j = h->waiting.head; j; j = next) {
+        next = j->wait_next;
+        if (row_keys_overlap(j->rows.key, j->rows.n, ran->rows.key, ran->rows.n))
+            done = refuse_waiting(h, j, "a row this request needs is locked by "
+                                  "another transaction", done);
+    }
+    return done;
+}
+
+/* Resumes the connections of a chain from expire_waiting.  Each job may be
+   freed as soon as its connection is resumed: its link is read first. */
+static void resume_all(http_job *done)
+{
+    while (done) {
+        http_job *next = done->wait_next;
+        MHD_resume_connection(done->conn);
+        done = next;
+    }
+}
+
 /* ---- the workers ----------------------------------------------------------- */
+
+/* Until q has a job, it is closed, or the oldest waiting job's deadline
+   passes (then the caller expires it: no event may be needed for that). */
+static void wait_for_work(shop_http *h, job_queue *q)
+{
+    while (q->count == 0 && !h->closed) {
+        http_job *oldest = q == &h->jobs ? h->waiting.head : NULL;
+        if (oldest == NULL || oldest->wait_until == NO_DEADLINE) {
+            pthread_cond_wait(&q->ready, &h->mu);
+            continue;
+        }
+        if (oldest->wait_until <= now_ms())
+            return;
+        struct timespec at = {(time_t)(oldest->wait_until / 1000),
+                              (long)(oldest->wait_until % 1000) * 1000000L};
+        pthread_cond_timedwait(&q->ready, &h->mu, &at);
+    }
+}
 
 /* The next job of q, or NULL once closed and nothing is left to run. */
 static http_job *take_job(shop_http *h, job_queue *q)
 {
-    pthread_mutex_lock(&h->mu);
-    while (q->count == 0 && !h->closed)
-        pthread_cond_wait(&q->ready, &h->mu);
-    http_job *job = NULL;
-    if (q->count > 0) {
-        job = q->ring[q->head];
-        q->head = (q->head + 1) % h->cap;
-        q->count--;
-        h->busy += q->busy;
+    for (;;) {
+        pthread_mutex_lock(&h->mu);
+        wait_for_work(h, q);
+        http_job *expired = expire_waiting(h, now_ms(), NULL);
+        http_job *job = NULL;
+        bool stop = q->count == 0 && h->closed;
+        if (q->count > 0) {
+            job = q->ring[q->head];
+            q->head = (q->head + 1) % h->cap;
+            q->count--;
+            h->busy += q->busy;
+        }
+        pthread_mutex_unlock(&h->mu);
+        resume_all(expired);
+        if (job || stop)
+            return job;
     }
-    pthread_mutex_unlock(&h->mu);
-    return job;
+}
+
+/* The job ran: its rows' places go to the jobs waiting for them. */
+static http_job *release_rows(shop_http *h, http_job *job)
+{
+    http_job *refused = NULL;
+    if (job->rows_held) {
+        row_gate_leave(h->gate, job->rows.key, job->rows.n);
+        job->rows_held = false;
+        if (job->res.code && strcmp(job->res.code, "row_busy") == 0)
+            refused = refuse_behind(h, job, refused);
+    }
+    refused = expire_waiting(h, now_ms(), refused);
+    admit_waiting(h);
+    return refused;
 }
 
 /* Run q's jobs until it is closed and empty. */
@@ -700,10 +886,12 @@ static void serve_queue(shop_http *h, job_queue *q)
            moment: nothing of it is touched after MHD_resume_connection. */
         struct MHD_Connection *conn = job->conn;
         pthread_mutex_lock(&h->mu);
+        http_job *expired = release_rows(h, job);
         job->state = JOB_DONE;
         h->busy -= q->busy;
         pthread_mutex_unlock(&h->mu);
         MHD_resume_connection(conn);
+        resume_all(expired);
     }
 }
 
@@ -948,24 +1136,69 @@ static enum MHD_Result on_body(shop_http *h, http_job *job, const char *data,
     return MHD_YES;
 }
 
-/* Suspend the request and queue it on q, or say at once that there is no
-   room (`waiting` names what waits, for the 503's message). */
+typedef enum placement {
+    PLACE_RING,    /* queued for a worker (holding its rows' places) */
+    PLACE_WAIT,    /* its rows are busy: it waits for their turn */
+    PLACE_FULL,    /* no room, or shutting down: 503 overloaded */
+    PLACE_NOMEM
+} placement;
+
+/* Where the job goes, with the rows' places taken for PLACE_RING. */
+static placement place_job(shop_http *h, job_queue *q, http_job *job)
+{
+    /* --queue bounds every request waiting, for a worker or its row's turn
+       (so the ring always has room for the jobs admit_waiting moves). */
+    int waiting = q->count + (q == &h->jobs ? h->waiting.count : 0);
+    if (h->closed || waiting >= h->cap)
+        return PLACE_FULL;
+    if (q != &h->jobs || job->rows.n == 0)
+        return PLACE_RING;
+    switch (row_gate_enter(h->gate, job->rows.key, job->rows.n)) {
+    case ROW_GATE_ENTERED:
+        job->rows_held = true;
+        return PLACE_RING;
+    case ROW_GATE_FULL:
+        return PLACE_WAIT;
+    case ROW_GATE_NOMEM:
+        break;
+    }
+    return PLACE_NOMEM;
+}
+
+/* The wait for a row's turn ends with the lock wait it stands for. */
+static long long wait_deadline(const shop_http *h)
+{
+    int ms = h->cfg->lock_timeout_ms;
+    return ms > 0 ? now_ms() + ms : NO_DEADLINE;
+}
+
+/* Suspend the request and queue it on q (or among the jobs waiting for
+   their rows), or say at once that there is no room (`waiting` names what
+   waits, for the 503's message). */
 static enum MHD_Result put_job(shop_http *h, job_queue *q, http_job *job,
                                const char *waiting)
 {
     pthread_mutex_lock(&h->mu);
-    if (h->closed || q->count == h->cap) {
+    placement p = place_job(h, q, job);
+    if (p == PLACE_FULL || p == PLACE_NOMEM) {
         pthread_mutex_unlock(&h->mu);
         char msg[80];
         snprintf(msg, sizeof msg, "too many %s are waiting; retry shortly", waiting);
-        return answer_now(h, job, 503, "overloaded", msg);
+        return answer_now(h, job, 503, "overloaded",
+                          p == PLACE_NOMEM ? "out of memory" : msg);
     }
     MHD_suspend_connection(job->conn);
     job->state = JOB_QUEUED;
-    q->ring[(q->head + q->count) % h->cap] = job;
-    q->count++;
     h->suspended++;
-    pthread_cond_signal(&q->ready);
+    if (p == PLACE_RING) {
+        ring_push(h, q, job);
+    } else {
+        job->wait_until = wait_deadline(h);
+        wait_push(&h->waiting, job);
+        h->row_waits++;
+        /* A worker idle with no deadline to watch must now watch this one. */
+        pthread_cond_signal(&q->ready);
+    }
     pthread_mutex_unlock(&h->mu);
     return MHD_YES;
 }
@@ -978,6 +1211,7 @@ static enum MHD_Result dispatch(shop_http *h, http_job *job)
         return answer_now(h, job, 413, "body_too_large",
                           "the request body is larger than the server accepts");
     job->req.body = job->req.body_len ? job->buf : NULL;
+    shop_request_rows_of(&job->req, &job->rows);
     /* A /healthz goes to its own thread's queue, never the workers'. */
     if (strcmp(job->req.path, "/healthz") == 0)
         return put_job(h, &h->health_jobs, job, "health checks");
@@ -1195,7 +1429,7 @@ static bool init_sync(shop_http *h)
         return false;
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     bool ok = pthread_mutex_init(&h->mu, NULL) == 0 &&
-              pthread_cond_init(&h->jobs.ready, NULL) == 0 &&
+              pthread_cond_init(&h->jobs.ready, &ca) == 0 &&
               pthread_cond_init(&h->health_jobs.ready, NULL) == 0 &&
               pthread_cond_init(&h->settled, &ca) == 0 && guard_init(&h->guard);
     pthread_condattr_destroy(&ca);
@@ -1370,6 +1604,7 @@ static void http_free(shop_http *h)
     pthread_cond_destroy(&h->health_jobs.ready);
     pthread_cond_destroy(&h->jobs.ready);
     pthread_mutex_destroy(&h->mu);
+    row_gate_destroy(h->gate);
     free(h->workers);
     free(h->jobs.ring);
     free(h->health_jobs.ring);
@@ -1399,7 +1634,8 @@ shop_http *shop_http_start(const shop_config *cfg, const shop_process_config *pr
     h->jobs.busy = true;
     h->jobs.ring = calloc((size_t)h->cap, sizeof *h->jobs.ring);
     h->health_jobs.ring = calloc((size_t)h->cap, sizeof *h->health_jobs.ring);
-    if (h->jobs.ring == NULL || h->health_jobs.ring == NULL ||
+    h->gate = row_gate_create(ROW_IN_FLIGHT);
+    if (h->jobs.ring == NULL || h->health_jobs.ring == NULL || h->gate == NULL ||
         !start_workers(h, cfg->threads)) {
         snprintf(err, errlen, "cannot start %d worker threads", cfg->threads);
         shop_listener_close(l);

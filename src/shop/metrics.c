@@ -359,6 +359,16 @@ static void render_http(FILE *f, const shop_http_gauges *g)
             "Idle or header-reading connections closed to make room near "
             "--max-connections.",
             (uint64_t)g->evicted);
+    gauge(f, "http_row_waiting",
+          "Requests waiting, without a worker, for a row that as many requests "
+          "as it may have in flight are changing.", g->row_waiting);
+    counter(f, "http_row_waits_total",
+            "Requests that waited for their row's turn before a worker took them.",
+            (uint64_t)g->row_waits);
+    counter(f, "http_row_wait_expired_total",
+            "Requests answered 503 row_busy while waiting for their row's turn: "
+            "after --lock-timeout-ms, or when one ahead found the row locked.",
+            (uint64_t)g->row_wait_expired);
 }
 
 char *shop_metrics_render(shop_metrics *m, pgtx_pool *pool,

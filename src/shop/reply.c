@@ -6,17 +6,41 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The last resort when even an error body cannot be built: no body. */
+/* Out of memory building the answer: API.md's 503 overloaded, with a body
+   that needs no JSON building (only its copy), and none if even that fails.
+   It used to be a bodiless 500, which API.md keeps for server bugs (found by
+   tests/test_alloc_fail.c). */
 static void reply_oom(shop_response *res)
 {
     free(res->body);
-    res->body = NULL;
-    res->status = 500;
+    res->body = strdup("{\"error\":{\"code\":\"overloaded\","
+                       "\"message\":\"out of memory\"}}");
+    res->status = 503;
+    res->retry_after = 1;
+    res->code = "overloaded";
+}
+
+/* The body as compact JSON text; NULL when out of memory.  Not json_dumps:
+   jansson (2.14) ignores a failed append while writing an object's key and
+   returns broken JSON (found by tests/test_alloc_fail.c: a product without
+   its "stock" key).  json_dumpb only counts and copies: it cannot lose a
+   byte, and it still fails (0) when its own allocations do. */
+static char *dump_compact(const json_t *body)
+{
+    size_t size = json_dumpb(body, NULL, 0, JSON_COMPACT);
+    char *text = size ? malloc(size + 1) : NULL;
+    if (text && json_dumpb(body, text, size, JSON_COMPACT) != size) {
+        free(text);
+        return NULL;
+    }
+    if (text)
+        text[size] = '\0';
+    return text;
 }
 
 void reply_json(shop_response *res, int status, json_t *body)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *text = body ? dump_compact(body) : NULL;
     json_decref(body);
     if (text == NULL) {
         reply_oom(res);
@@ -49,17 +73,19 @@ static void reply_verror(shop_response *res, int status, const char *code,
     char message[300];
     vsnprintf(message, sizeof message, fmt, ap);
     utf8_clip(message);
-    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message",
-                             message);
-    if (body == NULL) /* not UTF-8 at all (a server message in Latin-1...) */
+    json_error_t e;
+    json_t *body = json_pack_ex(&e, 0, "{s:{s:s,s:s}}", "error", "code", code,
+                                "message", message);
+    /* not UTF-8 at all (a server message in Latin-1...); out of memory is
+       not that, and keeps its 503 (it was answered "not valid UTF-8": found
+       by tests/test_alloc_fail.c) */
+    if (body == NULL && json_error_code(&e) == json_error_invalid_utf8)
         body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message",
                          "(the message is not valid UTF-8)");
-    if (body == NULL) {
-        reply_oom(res);
-        return;
-    }
-    reply_json(res, status, body);
+    /* set first: when reply_json answers 503 overloaded instead, its code
+       wins (the logs named the error that could not be sent) */
     res->code = code;
+    reply_json(res, status, body);
 }
 
 void reply_error(shop_response *res, int status, const char *code,
@@ -130,6 +156,12 @@ void reply_failure(shop_response *res, pgtx_status st, const pgtx_run_info *info
 {
     if (st == PGTX_ABORTED && fault && fault->status) {
         reply_error(res, fault->status, fault->code, "%s", fault->message);
+        return;
+    }
+    /* The library ran out of memory (connecting, say): the 503 of API.md,
+       not a 500 internal (found by tests/test_alloc_fail.c). */
+    if (st == PGTX_NOMEM) {
+        reply_unavailable(res, "overloaded", "out of memory", err);
         return;
     }
     switch (pgtx_status_class(st)) {

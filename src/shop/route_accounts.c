@@ -25,14 +25,27 @@ static void reply_created(shop_response *res, const PGresult *row,
     int64_t id;
     char token[24 + SHOP_SECRET_LEN];
     json_t *body = row_json(row, 0, -1);
-    if (body == NULL || pgtx_result_int64(row, 0, 0, &id) != PGTX_OK) {
+    /* NULL is out of memory: reply_json's 503, not the 500 below (found by
+       tests/test_alloc_fail.c). */
+    if (body == NULL) {
+        reply_json(res, 201, NULL);
+        return;
+    }
+    if (pgtx_result_int64(row, 0, 0, &id) != PGTX_OK) {
         json_decref(body);
         reply_error(res, 500, "internal", "the created account could not be read");
         return;
     }
     snprintf(token, sizeof token, "%lld.%s", (long long)id, secret);
-    json_object_set_new(body, "token", json_string(token));
+    /* Without the token the 201 would be useless: out of memory here is the
+       503 (the account exists; its token is lost).  Found by
+       tests/test_alloc_fail.c, which got a 201 without a token. */
+    bool ok = json_object_set_new(body, "token", json_string(token)) == 0;
     sodium_memzero(token, sizeof token);
+    if (!ok) {
+        json_decref(body);
+        body = NULL;
+    }
     reply_json(res, 201, body);
 }
 

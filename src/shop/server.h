@@ -67,6 +67,33 @@ void shop_log(shop_log_level level, const char *fmt, ...) SHOP_PRINTF(2, 3);
    key=value pairs by the caller. */
 void shop_log_fields(shop_log_level level, const char *fields);
 
+/* ---- rows in flight (rowgate.c; the caller's lock guards it) -------------- */
+
+/*
+ * How many requests that change a given row are handed to workers at once.
+ * PostgreSQL runs one writer of a row at a time anyway; a second one in
+ * flight already waits in the row's lock queue, so that it starts the moment
+ * the first commits.  Any more only wait there too, each holding a worker
+ * and a pooled connection: a row locked elsewhere would take them all.
+ */
+typedef struct row_gate row_gate;
+
+typedef enum row_gate_result {
+    ROW_GATE_ENTERED, /* every row had room: the holds are taken */
+    ROW_GATE_FULL,    /* one row has its share in flight: nothing taken */
+    ROW_GATE_NOMEM    /* nothing taken */
+} row_gate_result;
+
+/* per_row >= 1 requests per row at once.  NULL when out of memory. */
+row_gate *row_gate_create(int per_row);
+void row_gate_destroy(row_gate *g);
+/* Takes one hold on each of the n rows, or none. */
+row_gate_result row_gate_enter(row_gate *g, const shop_row_key *rows, int n);
+/* Gives back the holds that row_gate_enter took. */
+void row_gate_leave(row_gate *g, const shop_row_key *rows, int n);
+/* Whether the two lists name a row in common. */
+bool row_keys_overlap(const shop_row_key *a, int na, const shop_row_key *b, int nb);
+
 /* ---- metrics (metrics.c; thread-safe) ------------------------------------ */
 
 /* The HTTP side's own gauges, read at scrape time. */
@@ -80,6 +107,9 @@ typedef struct shop_http_gauges {
     long long refused_per_ip;        /* refused: the address had its share */
     long long closed_header_timeout; /* headers not complete in time */
     long long evicted;               /* idle or unfinished ones, for room */
+    int row_waiting;                 /* requests waiting for their row's turn */
+    long long row_waits;             /* requests that waited for it */
+    long long row_wait_expired;      /* answered row_busy before their turn */
 } shop_http_gauges;
 
 /* NULL when out of memory.  Release with shop_metrics_destroy(). */

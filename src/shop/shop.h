@@ -120,6 +120,34 @@ typedef struct shop_response {
     int64_t who;         /* for logs: the account acting, 0 the admin, -1 nobody */
 } shop_response;
 
+/* A row that a write changes, named before the write runs, so that
+   http.c can keep a hot or locked row from taking every worker: at most a
+   few requests per row are handed to workers at a time, the others wait
+   without a thread (see row_gate in server.h). */
+typedef enum shop_row_kind {
+    SHOP_ROW_ACCOUNT = 1,
+    SHOP_ROW_PRODUCT,
+    SHOP_ROW_COUPON
+} shop_row_kind;
+
+typedef struct shop_row_key {
+    shop_row_kind kind;
+    int64_t id;
+} shop_row_key;
+
+#define SHOP_ROW_KEYS_MAX 3
+
+typedef struct shop_request_rows {
+    const char *route; /* static label of the write route, or NULL */
+    int n;             /* rows named; 0 for reads and unknown requests */
+    shop_row_key key[SHOP_ROW_KEYS_MAX];
+} shop_request_rows;
+
+/* The rows the request's write would change, from its path and body
+   (parsed leniently: a body the handler will refuse names no row).  Pure:
+   no database, no auth; safe on the event thread. */
+void shop_request_rows_of(const shop_request *req, shop_request_rows *out);
+
 /* The app borrows pool and metrics (they outlive it).  Creates its engines
    (one per strategy that needs its own isolation level). */
 pgtx_status shop_app_create(pgtx_pool *pool, shop_metrics *metrics,

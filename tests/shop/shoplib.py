@@ -19,11 +19,22 @@ database with psql, from the contract (API.md) and the fixed table names:
   method and path template, the status, the JSON body against its schema,
   the headers the document names); a mismatch fails the test.
 
+- ShopTestCase: the unittest fixture.  A class starts its server(s) once
+  (setUpClass) and stops them (tearDownClass: each must exit 0 on SIGTERM,
+  else the class fails); each test method makes its own entities, so that it
+  runs alone and in any order.  The binary comes from $PGTX_SHOP_BINARY
+  (unittest owns argv); main() also takes it as the first argument.  On a
+  failure the servers' stderr tails are printed.
+- wait_until(predicate, deadline, what): every poll of a test.
+- run(test_name, main): the older one-main-per-file entry, kept for files
+  written against it.
+
 Every loop is bounded in count and time; waits poll with deadlines.
 Standard library, plus Debian's python3-yaml and python3-jsonschema (run
 under /usr/bin/python3) for the OpenAPI check.
 """
 
+import atexit
 import collections
 import concurrent.futures
 import http.client
@@ -41,7 +52,8 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
+import unittest
+import warnings
 
 try:
     import jsonschema
@@ -69,8 +81,10 @@ SETPRIV = shutil.which("setpriv")
 LISTEN_RE = re.compile(r"^pgtx-shop: listening on http://([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)$")
 
 
-class TestFailure(Exception):
-    """A check failed: the message says what was expected and what came."""
+class TestFailure(AssertionError):
+    """A check failed: the message says what was expected and what came.
+    An AssertionError, so that unittest counts it as a failure (not an
+    error)."""
 
 
 def fail(msg):
@@ -172,6 +186,58 @@ def sql_json(*queries):
     check(len(lines) == len(queries), "psql returned %d lines for %d queries" % (len(lines), len(queries)))
     out = [json.loads(line) for line in lines]
     return out if len(queries) > 1 else out[0]
+
+
+class LockHolder:
+    """A psql session of its own that holds FOR UPDATE on one row until
+    release() (or, should this test die, its idle-in-transaction timeout)."""
+
+    def __init__(self, table, row_id):
+        cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        if DSN:
+            cmd += ["-d", DSN]
+        self.released = False
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.send("SET idle_in_transaction_session_timeout = '60s';\nBEGIN;\n"
+                  "SELECT id FROM %s WHERE id = %d FOR UPDATE;\n\\echo locked" % (table, row_id))
+        self.wait_for("locked")
+
+    def send(self, script):
+        self.proc.stdin.write((script + "\n").encode())
+        self.proc.stdin.flush()
+
+    def wait_for(self, word, timeout=30.0):
+        deadline = time.monotonic() + timeout * SLOW
+        seen = b""
+        fd = self.proc.stdout.fileno()
+        while word.encode() + b"\n" not in seen:
+            left = deadline - time.monotonic()
+            check(left > 0, lambda: "the lock holder did not say %r: %r" % (word, seen))
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if ready:
+                chunk = os.read(fd, 4096)
+                check(chunk, lambda: "the lock holder (psql) exited: %r" % seen)
+                seen += chunk
+
+    def holding(self):
+        """Whether the lock is surely still held (psql alive, not released)."""
+        return not self.released and self.proc.poll() is None
+
+    def release(self):
+        self.released = True
+        self.send("ROLLBACK;\n\\echo released")
+        self.wait_for("released")
+        self.close()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
 
 
 def upstream_address():
@@ -754,7 +820,7 @@ class Server:
 
 class Harness:
     """What a test needs: the binary, its servers, clients, tracked
-    entities, checks.  Use through run()."""
+    entities, checks.  One per ShopTestCase class."""
 
     def __init__(self, binary, test_name):
         self.binary = os.path.abspath(binary)
@@ -768,6 +834,7 @@ class Harness:
         self._local = threading.local()
         self.accounts, self.products, self.coupons = set(), set(), set()
         self.default_addr = None
+        self.all_clients = []
 
     # ---- servers
     def start_server(self, listen="127.0.0.1:0", extra=(), name=None, database=None):
@@ -803,7 +870,15 @@ class Harness:
         c = d.get(addr)
         if c is None:
             c = d[addr] = Client(*addr)
+            with self._lock:
+                self.all_clients.append(c)  # closed by close_clients(), not left to the GC
         return c
+
+    def close_clients(self):
+        with self._lock:
+            clients, self.all_clients = self.all_clients, []
+        for c in clients:
+            c.close()
 
     def unique(self, what):
         return "%s%s%d" % (self.prefix, what, next(self._seq))
@@ -1019,48 +1094,206 @@ def hammer_deposits(addr, acct, strategy, clients, per_client, deadline_s):
     return statuses, retries, elapsed, odd
 
 
-# ------------------------------------------------------------- running -----
+# ------------------------------------------------------------- unittest -----
 
-def run(test_name, main, min_args=1):
-    """Runs main(harness) with argv[1] = the pgtx-shop binary; stops every
-    server it started (each must exit 0 on SIGTERM); exits 0 only when
-    everything held.  main may also record soft failures in h.failures."""
-    if len(sys.argv) < 1 + min_args:
-        print("usage: %s PGTX_SHOP_BINARY" % sys.argv[0], file=sys.stderr)
-        sys.exit(2)
-    binary = sys.argv[1]
-    if not os.access(binary, os.X_OK):
-        print("%s: FAIL: %s is not an executable" % (test_name, binary), file=sys.stderr)
-        sys.exit(1)
-    h = Harness(binary, test_name)
-    t0 = time.monotonic()
+BINARY_ENV = "PGTX_SHOP_BINARY"
+_reported = []      # the exit hook has printed the answers line
+_test_modules = []  # modules whose classes ran, for that line
 
-    def terminated(signum, _frame):
-        raise TestFailure("terminated by signal %d" % signum)
-    signal.signal(signal.SIGTERM, terminated)
-    try:
-        main(h)
-    except TestFailure as e:
-        h.failures.append(str(e))
-    except Exception:  # a bug in the test or an unexpected client error
-        h.failures.append("unexpected exception:\n" + traceback.format_exc())
-    finally:
-        h.stop_all()
-        _psql.close()
-    took = time.monotonic() - t0
+
+def _report_answers(name):
+    _reported.append(name)
     log("%s: %d answers checked against %s (%d route and status pairs)"
-        % (test_name, sum(OPENAPI.checked.values()), OPENAPI.name, len(OPENAPI.checked)))
-    if h.failures:
-        for f in h.failures:
-            print("%s: FAIL: %s" % (test_name, f), file=sys.stderr, flush=True)
-        for s in h.servers:
-            print("--- %s stderr (%s, tail) ---\n%s" % (s.name, s.log_path, s.log_tail(15)), file=sys.stderr)
-        print("%s: %d failure(s) in %.1f s" % (test_name, len(h.failures), took), flush=True)
-        sys.exit(1)
-    for s in h.servers:
-        for path in s.log_paths:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    print("%s: all ok in %.1f s" % (test_name, took), flush=True)
+        % (name, sum(OPENAPI.checked.values()), OPENAPI.name, len(OPENAPI.checked)))
+
+
+def _at_exit():
+    _psql.close()
+    if not _reported and _test_modules:
+        _report_answers("+".join(_test_modules))
+
+
+atexit.register(_at_exit)
+
+
+def _terminated(signum, _frame):
+    # ctest's timeout: fail the running test, so that tearDownClass still
+    # stops the servers
+    raise TestFailure("terminated by signal %d" % signum)
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def wait_until(predicate, deadline, what, interval=0.05, must=True):
+    """Polls predicate() until it returns something true (returned) or
+    `deadline` seconds pass: then a TestFailure naming `what` (a string or a
+    function of the last value), or with must=False the last value, for a
+    caller that prints a figure before its own check.  The caller scales
+    the deadline with SLOW where it stands for the server's speed."""
+    end = time.monotonic() + deadline
+    polls = 0
+    while True:
+        value = predicate()
+        polls += 1
+        if value:
+            return value
+        left = end - time.monotonic()
+        if left <= 0:
+            if not must:
+                return value
+            fail("%s: not within %.1f s (%d polls; last %r)"
+                 % (what(value) if callable(what) else what, deadline, polls, value))
+        time.sleep(min(interval, left))
+
+
+def binary_from_env():
+    binary = os.environ.get(BINARY_ENV, "")
+    if not binary:
+        fail("%s is not set: give the pgtx-shop binary to test, e.g. %s=build/pgtx-shop"
+             % (BINARY_ENV, BINARY_ENV))
+    if not os.access(binary, os.X_OK):
+        fail("%s=%s is not an executable" % (BINARY_ENV, binary))
+    return binary
+
+
+class ShopTestCase(unittest.TestCase):
+    """One Harness per class.  SERVER_EXTRA: flags of the class's server;
+    SERVER = False: the class starts its own (setUpServers)."""
+
+    SERVER = True
+    SERVER_EXTRA = ()
+    SERVERS_PER_TEST = False  # each test starts its own servers (no class server)
+    maxDiff = None
+    h = None
+    srv = None
+
+    @classmethod
+    def setUpClass(cls):
+        mod = cls.__module__.rsplit(".", 1)[-1]
+        if mod == "__main__":  # python3 test_x.py
+            mod = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+        if mod not in _test_modules:
+            _test_modules.append(mod)
+        # unittest's runner turns ResourceWarning on: a socket of a test's
+        # own left to the GC is not this harness's concern
+        warnings.simplefilter("ignore", ResourceWarning)
+        cls.h = Harness(binary_from_env(), "%s-%s" % (mod, cls.__name__))
+        try:
+            if cls.SERVER and not cls.SERVERS_PER_TEST:
+                cls.srv = cls.h.start_server(extra=list(cls.SERVER_EXTRA))
+            cls.setUpServers()
+            cls._class_servers = len(cls.h.servers)
+        except BaseException:
+            cls._print_logs("setUpClass failed")
+            cls._stop_servers(quiet=True)
+            raise
+
+    @classmethod
+    def setUpServers(cls):
+        """A hook: more servers, or other class-wide set-up."""
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.h.close_clients()
+        errors = cls._stop_servers()
+        if errors:
+            cls._print_logs("a server did not stop cleanly")
+            fail("; ".join(errors))
+        for s in cls.h.servers:
+            for path in s.log_paths:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    @classmethod
+    def _stop_servers(cls, quiet=False):
+        errors = []
+        for s in cls.h.servers if cls.h else ():
+            if s.alive():
+                try:
+                    took = s.stop()
+                    if not quiet:
+                        log("%s stopped on SIGTERM in %.2f s" % (s.name, took))
+                except TestFailure as e:
+                    errors.append(str(e))
+        if cls.h and cls.h.failures:
+            errors += cls.h.failures
+        return [] if quiet else errors
+
+    @classmethod
+    def _print_logs(cls, why, since=0):
+        """The stderr tails of the class's own servers and of those started
+        from server number `since` on (one test's)."""
+        servers = cls.h.servers if cls.h else []
+        own = getattr(cls, "_class_servers", len(servers))
+        for s in servers[:own] + servers[max(since, own):]:
+            if s.log_path:
+                print("--- %s stderr (%s, tail; %s) ---\n%s" % (s.name, s.log_path, why, s.log_tail(15)),
+                      file=sys.stderr, flush=True)
+
+    def run(self, result=None):
+        bad = (lambda: len(result.failures) + len(result.errors)) if result is not None else (lambda: 0)
+        n = bad()
+        t0 = time.monotonic()
+        first = len(self.h.servers) if self.h else 0
+        out = super().run(result)
+        if bad() > n:
+            self._print_logs("%s failed" % self.id(), since=first)
+        elif result is not None and os.environ.get("PGTX_E2E_TIMES"):
+            log("%s: %.2f s" % (self.id(), time.monotonic() - t0))
+        return out
+
+    def setUp(self):
+        self._first_own_server = len(self.h.servers)
+        if self.SERVERS_PER_TEST:
+            self.h.default_addr = None  # the test's first server is its default
+
+    def tearDown(self):
+        # servers this test started and left running: stopped now, each
+        # must exit 0 on SIGTERM
+        errors = []
+        for s in self.h.servers[self._first_own_server:]:
+            if s.alive():
+                try:
+                    s.stop()
+                except TestFailure as e:
+                    errors.append(str(e))
+        # failures a helper recorded on the harness (h.failures) belong to
+        # the test that just ran
+        if self.h.failures:
+            errors += self.h.failures
+            self.h.failures[:] = []
+        if errors:
+            fail("\n".join(errors))
+
+    # ---- a server of one test: stopped (exit 0 required) in tearDown
+    def start_server(self, listen="127.0.0.1:0", extra=(), name=None, database=None):
+        return self.h.start_server(listen, extra, name, database)
+
+    def client(self, addr=None):
+        return self.h.client(addr)
+
+    # ---- entities (admin token; tracked for the invariant check)
+    def account(self, balance=1000, **kw):
+        return self.h.create_account(balance, **kw)
+
+    def product(self, price=100, stock=10, **kw):
+        return self.h.create_product(price, stock, **kw)
+
+    def coupon(self, discount=10, quantity=5, **kw):
+        return self.h.create_coupon(discount, quantity, **kw)
+
+    def check_invariants(self, **kw):
+        return self.h.check_invariants(**kw)
+
+
+def main(argv=None):
+    """`python3 test_x.py [BINARY] [unittest arguments]`: the binary may be
+    given as the first argument instead of $PGTX_SHOP_BINARY."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) > 1 and os.path.isfile(argv[1]) and os.access(argv[1], os.X_OK):
+        os.environ[BINARY_ENV] = os.path.abspath(argv.pop(1))
+    unittest.main(module="__main__", argv=argv, verbosity=2)

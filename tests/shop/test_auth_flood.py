@@ -21,7 +21,7 @@ auth.c), however many requests arrive and however many at once:
    its id was looked up and not found (the next id of the sequence, probed
    with a made-up token) is served at once with its new token.
 
-usage: test_auth_flood.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_auth_flood (from tests/shop)
 """
 
 import concurrent.futures
@@ -105,17 +105,30 @@ def good_tokens_still_work(h, real):
     log("note: other tests took the probed ids; the created-after-probe check was skipped")
 
 
-def main(h):
-    h.start_server(extra=["--threads", str(CLIENTS)])
-    real = h.create_account(balance=1)
-    # unknown ids: far above anything the sequence hands out
-    base = shoplib.INT64_MAX - 1000 - secrets.randbelow(10**9)
-    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as ex:
-        flood(h, ex, [base], "one unknown id")
-        flood(h, ex, [base + 1 + i for i in range(IDS - 1)] + [real["id"]],
-              "%d ids (one real, wrong secrets)" % IDS)
-    good_tokens_still_work(h, real)
+class AuthFlood(shoplib.ShopTestCase):
+    SERVER_EXTRA = ["--threads", str(CLIENTS)]
+
+    def flood(self, ids, what):
+        with concurrent.futures.ThreadPoolExecutor(CLIENTS) as ex:
+            flood(self.h, ex, ids, what)
+
+    @staticmethod
+    def unknown_base():
+        # unknown ids: far above anything the sequence hands out
+        return shoplib.INT64_MAX - 1000 - secrets.randbelow(10**9)
+
+    def test_one_unknown_id(self):
+        self.flood([self.unknown_base()], "one unknown id")
+
+    def test_several_ids_wrong_secrets(self):
+        real = self.h.create_account(balance=1)
+        base = self.unknown_base()
+        self.flood([base + 1 + i for i in range(IDS - 1)] + [real["id"]], "%d ids (one real, wrong secrets)" % IDS)
+        good_tokens_still_work(self.h, real)
+
+    def test_good_tokens_and_new_ids_served(self):
+        good_tokens_still_work(self.h, self.h.create_account(balance=1))
 
 
 if __name__ == "__main__":
-    shoplib.run("test_auth_flood", main)
+    shoplib.main()

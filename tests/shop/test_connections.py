@@ -28,6 +28,8 @@ after clients hung up on queued requests.
 Loopback only; every loop is bounded in count and time; every socket and
 server is closed at the end.  The test raises its own RLIMIT_NOFILE to the
 hard limit and scales 2. down (with a note) if that is too low.
+
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_connections (from tests/shop)
 """
 
 import os
@@ -40,6 +42,7 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shoplib  # noqa: E402
 from shoplib import SLOW, check, fail, log  # noqa: E402
@@ -277,10 +280,7 @@ def test_hangups_then_sigterm(h):
         blocked.sendall(("POST /v1/accounts/%d/deposits HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
                          "Content-Length: %d\r\n\r\n" % (acct["id"], acct["token"], len(body))).encode() + body)
-        deadline = time.monotonic() + BLOCK_DEADLINE
-        while lock.waiters() < 1:
-            check(time.monotonic() < deadline, "the deposit never waited for the row lock")
-            time.sleep(0.05)
+        shoplib.wait_until(lambda: lock.waiters() >= 1, BLOCK_DEADLINE, "the deposit waiting for the row lock")
         for _ in range(8):
             q = connect(s.addr)
             socks.append(q)
@@ -370,12 +370,9 @@ def test_exhaustion(h, new_flags):
         check(closed_count(idle) == 0, "idle keep-alive connections were closed while held")
         # The slowloris connections go once their headers are overdue.
         deadline = slow_t0 + HEADER_TIMEOUT_MS / 1000.0 + 8 * SLOW
-        gone = 0
-        while time.monotonic() < deadline:
-            gone = closed_count(slow)
-            if gone == len(slow):
-                break
-            time.sleep(0.5)
+        shoplib.wait_until(lambda: closed_count(slow) == len(slow), deadline - time.monotonic(),
+                           "slowloris connections closed", interval=0.5, must=False)
+        gone = closed_count(slow)
         log("slowloris: %d/%d closed %.1f s after they connected (header deadline %.0f s)"
             % (gone, len(slow), time.monotonic() - slow_t0, HEADER_TIMEOUT_MS / 1000.0))
         check(gone == len(slow), "%d of %d slowloris connections still open %.0f s after they "
@@ -409,13 +406,9 @@ def test_per_ip(h):
     socks = []
     try:
         socks = [connect(s.addr) for _ in range(50)]
-        deadline = time.monotonic() + 10 * SLOW
-        gone = 0
-        while time.monotonic() < deadline:
-            gone = closed_count(socks)
-            if gone >= 10:
-                break
-            time.sleep(0.1)
+        shoplib.wait_until(lambda: closed_count(socks) >= 10, 10 * SLOW, "connections over the limit closed",
+                           interval=0.1, must=False)
+        gone = closed_count(socks)
         check(gone == 10, "of 50 connections from one address, %d were closed at once, want 10"
               % gone)
         live = [x for x in socks if not is_closed(x)]
@@ -470,18 +463,30 @@ def test_eviction(h):
     s.stop()
 
 
-def main(h):
-    test_hangups_then_sigterm(h)
-    new_flags = has_flag(h.binary, "--header-timeout-ms")
-    if not new_flags:
-        log("NOTE: %s has no --header-timeout-ms: the exhaustion part runs with defaults only"
-            % h.binary)
-    test_exhaustion(h, new_flags)
-    if not new_flags:
-        fail("the binary has no connection limits to test")
-    test_per_ip(h)
-    test_eviction(h)
+class Connections(shoplib.ShopTestCase):
+    """One method per part above; each starts (and stops) its own server."""
+
+    SERVERS_PER_TEST = True
+
+    def require_limits(self):
+        if not has_flag(self.h.binary, "--header-timeout-ms"):
+            fail("the binary has no connection limits to test (no --header-timeout-ms)")
+
+    def test_1_hangups_then_sigterm(self):
+        test_hangups_then_sigterm(self.h)
+
+    def test_2_exhaustion(self):
+        self.require_limits()
+        test_exhaustion(self.h, True)
+
+    def test_3_per_ip(self):
+        self.require_limits()
+        test_per_ip(self.h)
+
+    def test_4_eviction(self):
+        self.require_limits()
+        test_eviction(self.h)
 
 
 if __name__ == "__main__":
-    shoplib.run("test_connections", main)
+    shoplib.main()

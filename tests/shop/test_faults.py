@@ -27,7 +27,7 @@ protocol or stop answering altogether:
    and the invariants of API.md hold, with exactly the acknowledged writes
    in the ledger.
 
-usage: test_faults.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_faults (from tests/shop)
 """
 
 import os
@@ -40,7 +40,7 @@ import time
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shoplib  # noqa: E402
-from shoplib import check, fail, log  # noqa: E402
+from shoplib import check, log  # noqa: E402
 
 SLOW = shoplib.SLOW
 POOL_TIMEOUT_MS = 1000
@@ -386,22 +386,25 @@ def outage_log_lines(server, since):
 def recover(h, proxy, c):
     proxy.set_mode("up")
     t0 = time.monotonic()
-    while True:
-        r = c.request("GET", "/healthz")
-        if r.status == 200:
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > RECOVER_DEADLINE:
-            fail("database back, /healthz still %r after %.0f s" % (r, RECOVER_DEADLINE))
-        time.sleep(0.1)
+    shoplib.wait_until(lambda: c.request("GET", "/healthz").status == 200, RECOVER_DEADLINE,
+                       "database back, /healthz 200", interval=0.1)
+    return time.monotonic() - t0
 
 
-def main(h):
-    upstream, user, db = shoplib.upstream_address()
-    proxy = PgProxy(upstream)
-    try:
-        run_faults(h, proxy, user, db)
-    finally:
-        proxy.stop()
+class Faults(shoplib.ShopTestCase):
+    """One server whose database is the test's PostgreSQL protocol proxy;
+    the scenario's steps build on each other (the cuts, then the outages,
+    then the counts of what was acknowledged): one method."""
+
+    SERVER = False
+
+    def test_commit_cuts_and_outages(self):
+        upstream, user, db = shoplib.upstream_address()
+        proxy = PgProxy(upstream)
+        try:
+            run_faults(self.h, proxy, user, db)
+        finally:
+            proxy.stop()
 
 
 def run_faults(h, proxy, user, db):
@@ -454,4 +457,4 @@ def run_faults(h, proxy, user, db):
 
 
 if __name__ == "__main__":
-    shoplib.run("test_faults", main)
+    shoplib.main()

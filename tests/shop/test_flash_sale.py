@@ -10,7 +10,7 @@ coupon_claim holds exactly the 100 winners once each, and the invariants
 hold.  Then every winner spends the coupon on two orders at once: exactly
 one goes through; an order with an unclaimed coupon is refused.
 
-usage: test_flash_sale.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_flash_sale (from tests/shop)
 """
 
 import collections
@@ -29,27 +29,46 @@ QUANTITY = 100
 THREADS = 100
 
 
-def main(h):
-    a, _ = h.start_pair(extra=["--reuse-port"])
-    with concurrent.futures.ThreadPoolExecutor(THREADS) as ex:
+REPORT = []  # (strategy, claims/s, retries, seconds): the summary
+
+
+class FlashSale(shoplib.ShopTestCase):
+    """Two processes on one port and 1000 accounts (the class's); one method
+    per strategy, each with a coupon and a product of its own."""
+
+    SERVER = False
+
+    @classmethod
+    def setUpServers(cls):
+        h = cls.h
+        h.start_pair(extra=["--reuse-port"])
+        cls.ex = concurrent.futures.ThreadPoolExecutor(THREADS)
         t0 = time.monotonic()
-        accounts = list(ex.map(lambda i: h.create_account(0), range(ACCOUNTS)))
+        cls.accounts = list(cls.ex.map(lambda i: h.create_account(0), range(ACCOUNTS)))
         took = time.monotonic() - t0
         shoplib.log("created %d accounts in %.2f s (%.0f/s) from %d threads"
                     % (ACCOUNTS, took, ACCOUNTS / took, THREADS))
-        ids = [x["id"] for x in accounts]
+        ids = [x["id"] for x in cls.accounts]
         check(len(set(ids)) == ACCOUNTS, "account ids are not unique")
-        report = []
-        for s in STRATEGIES:
-            try:
-                report.append(flash_round(h, ex, accounts, s))
-            except shoplib.TestFailure as e:
-                h.failures.append("[%s] %s" % (s, e))
-    n = h.check_invariants(what="end of the flash sale")
-    shoplib.log("invariants: ok over %d entities" % n)
-    shoplib.log("summary (%d accounts claim a coupon of %d at once):" % (ACCOUNTS, QUANTITY))
-    for s, rate, retries, took in report:
-        shoplib.log("  %-12s %6.0f claims/s  %5d retries  %5.2f s" % (s, rate, retries, took))
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.ex.shutdown()
+            n = cls.h.check_invariants(what="end of the flash sale")
+            shoplib.log("invariants: ok over %d entities" % n)
+            shoplib.log("summary (%d accounts claim a coupon of %d at once):" % (ACCOUNTS, QUANTITY))
+            for s, rate, retries, took in REPORT:
+                shoplib.log("  %-12s %6.0f claims/s  %5d retries  %5.2f s" % (s, rate, retries, took))
+        finally:
+            super().tearDownClass()
+
+    def round(self, strategy):
+        REPORT.append(flash_round(self.h, self.ex, self.accounts, strategy))
+
+
+for _s in STRATEGIES:
+    setattr(FlashSale, "test_" + _s, lambda self, s=_s: self.round(s))
 
 
 def flash_round(h, ex, accounts, strategy):
@@ -132,4 +151,4 @@ def flash_round(h, ex, accounts, strategy):
 
 
 if __name__ == "__main__":
-    shoplib.run("test_flash_sale", main)
+    shoplib.main()

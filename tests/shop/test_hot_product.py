@@ -11,7 +11,7 @@ order id is in `orders` exactly once with the right account and total; the
 409s are out_of_stock or insufficient_funds only, and a poor buyer never
 gets 201; every balance is its start minus what its 201s cost; invariants.
 
-usage: test_hot_product.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_hot_product (from tests/shop)
 """
 
 import collections
@@ -35,36 +35,59 @@ def is_poor(i):
     return i % 5 == 4
 
 
-def main(h):
-    h.start_pair(extra=["--reuse-port"])
-    start_balance = {}
-    with concurrent.futures.ThreadPoolExecutor(THREADS) as ex:
+REPORT = []  # (strategy, orders/s, retries, seconds, outcome): the summary
+
+
+class HotProduct(shoplib.ShopTestCase):
+    """Two processes on one port and 500 buyers (the class's: each solvent
+    one can pay for one order per strategy); one method per strategy, each
+    with a product of its own.  The balances are checked at the end."""
+
+    SERVER = False
+
+    @classmethod
+    def setUpServers(cls):
+        h = cls.h
+        h.start_pair(extra=["--reuse-port"])
+        cls.ex = concurrent.futures.ThreadPoolExecutor(THREADS)
         t0 = time.monotonic()
-        accounts = list(ex.map(lambda i: h.create_account(PRICE - 1 if is_poor(i) else PRICE * len(STRATEGIES)),
-                               range(BUYERS)))
+        cls.accounts = list(cls.ex.map(
+            lambda i: h.create_account(PRICE - 1 if is_poor(i) else PRICE * len(STRATEGIES)), range(BUYERS)))
         shoplib.log("created %d accounts (%d poor) in %.2f s"
                     % (BUYERS, sum(map(is_poor, range(BUYERS))), time.monotonic() - t0))
-        for a in accounts:
-            start_balance[a["id"]] = a["balance"]
-        spent = collections.Counter()
-        report = []
-        for s in STRATEGIES:
-            try:
-                report.append(hot_round(h, ex, accounts, s, spent))
-            except shoplib.TestFailure as e:
-                h.failures.append("[%s] %s" % (s, e))
-    # every balance: start - what its acknowledged orders cost
-    rows = shoplib.sql_json("SELECT id, balance FROM account WHERE id = ANY(%s)"
-                            % shoplib.id_array(start_balance))
-    wrong = [(r["id"], r["balance"], start_balance[r["id"]] - spent[r["id"]]) for r in rows
-             if r["balance"] != start_balance[r["id"]] - spent[r["id"]]]
-    check(len(rows) == BUYERS and not wrong,
-          lambda: "balances != start - acknowledged orders (id, got, want): %s" % wrong[:10])
-    n = h.check_invariants(what="end of the hot product test")
-    shoplib.log("balances: all %d exact; invariants: ok over %d entities" % (BUYERS, n))
-    shoplib.log("summary (%d buyers, stock %d, price %d):" % (BUYERS, STOCK, PRICE))
-    for s, rate, retries, took, outcome in report:
-        shoplib.log("  %-12s %6.0f orders/s  %5d retries  %5.2f s  %s" % (s, rate, retries, took, outcome))
+        cls.start_balance = {a["id"]: a["balance"] for a in cls.accounts}
+        cls.spent = collections.Counter()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.ex.shutdown()
+            cls.check_balances()
+        finally:
+            super().tearDownClass()
+
+    @classmethod
+    def check_balances(cls):
+        # every balance: start - what its acknowledged orders cost
+        h, start_balance, spent = cls.h, cls.start_balance, cls.spent
+        rows = shoplib.sql_json("SELECT id, balance FROM account WHERE id = ANY(%s)"
+                                % shoplib.id_array(start_balance))
+        wrong = [(r["id"], r["balance"], start_balance[r["id"]] - spent[r["id"]]) for r in rows
+                 if r["balance"] != start_balance[r["id"]] - spent[r["id"]]]
+        check(len(rows) == BUYERS and not wrong,
+              lambda: "balances != start - acknowledged orders (id, got, want): %s" % wrong[:10])
+        n = h.check_invariants(what="end of the hot product test")
+        shoplib.log("balances: all %d exact; invariants: ok over %d entities" % (BUYERS, n))
+        shoplib.log("summary (%d buyers, stock %d, price %d):" % (BUYERS, STOCK, PRICE))
+        for s, rate, retries, took, outcome in REPORT:
+            shoplib.log("  %-12s %6.0f orders/s  %5d retries  %5.2f s  %s" % (s, rate, retries, took, outcome))
+
+    def round(self, strategy):
+        REPORT.append(hot_round(self.h, self.ex, self.accounts, strategy, self.spent))
+
+
+for _s in STRATEGIES:
+    setattr(HotProduct, "test_" + _s, lambda self, s=_s: self.round(s))
 
 
 def hot_round(h, ex, accounts, strategy, spent):
@@ -121,4 +144,4 @@ def hot_round(h, ex, accounts, strategy, spent):
 
 
 if __name__ == "__main__":
-    shoplib.run("test_hot_product", main)
+    shoplib.main()

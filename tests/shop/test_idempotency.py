@@ -10,7 +10,7 @@ stock taken once.  Then the same key with a different body is 422
 idempotency_key_reused, sequentially and when both bodies race: the losers
 of the race never get an order.
 
-usage: test_idempotency.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_idempotency (from tests/shop)
 """
 
 import collections
@@ -18,7 +18,6 @@ import concurrent.futures
 import os
 import sys
 import threading
-import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -30,32 +29,52 @@ REPEATS = 5
 PRICE = 7
 
 
-def main(h):
-    h.start_pair(extra=["--reuse-port"])
-    first_201 = collections.Counter()
-    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as ex:
+FIRST_201 = collections.Counter()  # (strategy, 201s in a round) -> rounds: the summary
+
+
+class Idempotency(shoplib.ShopTestCase):
+    """Two processes on one port, a pool of CLIENTS threads (the class's);
+    per strategy one method of same-key rounds and one of mixed bodies, each
+    round with an account and a product of its own."""
+
+    SERVER = False
+
+    @classmethod
+    def setUpServers(cls):
+        h = cls.h
+        h.start_pair(extra=["--reuse-port"])
+        cls.ex = concurrent.futures.ThreadPoolExecutor(CLIENTS)
         # each pool thread opens its keep-alive connection first, so that the
         # rounds' requests leave together
-        warm = at_once(ex, lambda i: h.client().request("GET", "/healthz"), CLIENTS)
+        warm = at_once(cls.ex, lambda i: h.client().request("GET", "/healthz"), CLIENTS)
         check(all(r.status == 200 for r in warm), lambda: "GET /healthz: %s" % warm)
-        for s in STRATEGIES:
-            try:
-                for rep in range(REPEATS):
-                    n201 = same_key_round(h, ex, s, quantity=1 + rep % 3)
-                    first_201[(s, n201)] += 1
-                mixed_round(h, ex, s)
-            except shoplib.TestFailure as e:
-                h.failures.append("[%s] %s" % (s, e))
+
+    @classmethod
+    def tearDownClass(cls):
         try:
-            sequential_reuse(h)
-        except shoplib.TestFailure as e:
-            h.failures.append("[sequential] %s" % e)
-    n = h.check_invariants(what="end of test_idempotency")
-    shoplib.log("invariants: ok over %d entities" % n)
-    shoplib.log("summary: %d same-key rounds x %d clients per strategy; 201s per round:" % (REPEATS, CLIENTS))
-    for s in STRATEGIES:
-        shoplib.log("  %-12s %s" % (s, ", ".join("%d x %d" % (first_201[(s, k)], k)
-                                                   for k in sorted({k for (t, k) in first_201 if t == s}))))
+            cls.ex.shutdown()
+            n = cls.h.check_invariants(what="end of test_idempotency")
+            shoplib.log("invariants: ok over %d entities" % n)
+            shoplib.log("summary: %d same-key rounds x %d clients per strategy; 201s per round:"
+                        % (REPEATS, CLIENTS))
+            for s in STRATEGIES:
+                shoplib.log("  %-12s %s" % (s, ", ".join("%d x %d" % (FIRST_201[(s, k)], k)
+                                                           for k in sorted({k for (t, k) in FIRST_201 if t == s}))))
+        finally:
+            super().tearDownClass()
+
+    def same_key(self, s):
+        for rep in range(REPEATS):
+            n201 = same_key_round(self.h, self.ex, s, quantity=1 + rep % 3)
+            FIRST_201[(s, n201)] += 1
+
+    def test_sequential_reuse(self):
+        sequential_reuse(self.h)
+
+
+for _s in STRATEGIES:
+    setattr(Idempotency, "test_same_key_" + _s, lambda self, s=_s: self.same_key(s))
+    setattr(Idempotency, "test_mixed_bodies_" + _s, lambda self, s=_s: mixed_round(self.h, self.ex, s))
 
 
 def at_once(ex, fn, n):
@@ -151,4 +170,4 @@ def sequential_reuse(h):
 
 
 if __name__ == "__main__":
-    shoplib.run("test_idempotency", main)
+    shoplib.main()

@@ -30,22 +30,19 @@ up as answers arriving only after it); short enough to stay well below
 --db-timeout-ms (15 s), whose closing of connections is another failure
 than the one tested here, and to keep the test quick.
 
-usage: test_locked_row.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_locked_row (from tests/shop)
 """
 
 import collections
 import concurrent.futures
 import os
-import select
-import subprocess
 import sys
-import threading
 import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shoplib  # noqa: E402
-from shoplib import STRATEGIES, check, fail, log  # noqa: E402
+from shoplib import STRATEGIES, check, log  # noqa: E402
 
 SLOW = shoplib.SLOW
 THREADS = 4
@@ -62,50 +59,7 @@ MAX_REQUESTS = 2000  # per client: a bound on the loops whatever the timing
 HOLD2_S = 4.0 * SLOW  # the hold with no lock timeout: well below --db-timeout-ms
 
 
-class LockHolder:
-    """A psql session of its own that holds FOR UPDATE on one row until
-    release() (or, should this test die, its idle-in-transaction timeout)."""
-
-    def __init__(self, table, row_id):
-        cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
-        if shoplib.DSN:
-            cmd += ["-d", shoplib.DSN]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
-        self.send("SET idle_in_transaction_session_timeout = '60s';\nBEGIN;\n"
-                  "SELECT id FROM %s WHERE id = %d FOR UPDATE;\n\\echo locked" % (table, row_id))
-        self.wait_for("locked")
-
-    def send(self, script):
-        self.proc.stdin.write((script + "\n").encode())
-        self.proc.stdin.flush()
-
-    def wait_for(self, word, timeout=30.0):
-        deadline = time.monotonic() + timeout * SLOW
-        seen = b""
-        fd = self.proc.stdout.fileno()
-        while word.encode() + b"\n" not in seen:
-            left = deadline - time.monotonic()
-            check(left > 0, lambda: "the lock holder did not say %r: %r" % (word, seen))
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if ready:
-                chunk = os.read(fd, 4096)
-                check(chunk, lambda: "the lock holder (psql) exited: %r" % seen)
-                seen += chunk
-
-    def release(self):
-        self.send("ROLLBACK;\n\\echo released")
-        self.wait_for("released")
-        self.close()
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+LockHolder = shoplib.LockHolder
 
 
 def percentile(values, p):
@@ -236,95 +190,114 @@ def frozen_state(hot, buyers):
         "SELECT count(*) AS n FROM ledger WHERE account_id = ANY(%s)" % ids)
 
 
-def main(h):
-    # the variable, not the flag: HEAD's binary (which has no such flag)
-    # can run this test too and show the stall
-    os.environ["PGTX_LOCK_TIMEOUT_MS"] = str(LOCK_TIMEOUT_MS)
-    h.start_server(extra=["--threads", str(THREADS), "--pool-size", str(THREADS),
-                          "--max-overflow", "0"])
-    hot = h.create_product(price=PRICE, stock=STOCK)
-    others = [h.create_product(price=PRICE, stock=STOCK) for _ in range(OTHER_CLIENTS)]
-    locked_buyers = [h.create_account(BALANCE) for _ in range(LOCKED_CLIENTS)]
-    other_buyers = [h.create_account(BALANCE) for _ in range(OTHER_CLIENTS)]
-    before = frozen_state(hot, locked_buyers)
+class LockedRow(shoplib.ShopTestCase):
+    """A row held by a psql session of the test's own: 503 row_busy for
+    what needs it, everything else served; then /healthz with every worker
+    waiting on a row.  Each method starts (and stops) its own server."""
 
-    holder = LockHolder("product", hot["id"])
-    try:
-        t_locked = time.monotonic()
-        until = t_locked + SEND_FOR_S
-        with concurrent.futures.ThreadPoolExecutor(LOCKED_CLIENTS + OTHER_CLIENTS + 1) as ex:
-            locked_f = [ex.submit(locked_orders, h, hot, locked_buyers[i], STRATEGIES[i % len(STRATEGIES)], until)
-                        for i in range(LOCKED_CLIENTS)]
-            other_f = [ex.submit(other_requests, h, hot, others[i], other_buyers[i],
-                                 STRATEGIES[i % len(STRATEGIES)], until) for i in range(OTHER_CLIENTS)]
-            health_f = ex.submit(health_poll, h, until)
-            # the lock is held HOLD_S whatever the clients do
-            time.sleep(max(0.0, t_locked + HOLD_S - time.monotonic()))
-            t_release = time.monotonic()
-            holder.release()
-            locked = [x for f in locked_f for x in f.result()]
-            other = [x for f in other_f for x in f.result()] + health_f.result()
-    finally:
-        holder.close()
-    log("lock held %.1f s; requests sent during the first %.1f s" % (t_release - t_locked, SEND_FOR_S))
+    SERVERS_PER_TEST = True
 
-    # every figure first, then every check (all failures are reported)
-    outcome = collections.Counter((r.status, r.error_code) for r, _, _ in locked)
-    log("orders of the locked product: %s" % dict(outcome))
-    log(latency_line("POST /v1/orders (locked product)", [s for _, s, _ in locked]))
-    by_kind = collections.defaultdict(list)
-    for kind, _, _, secs, _ in other:
-        by_kind[kind].append(secs)
-    for kind in sorted(by_kind):
-        log(latency_line(kind, by_kind[kind]))
-    log(latency_line("all requests not needing the row", [s for _, _, _, s, _ in other]))
+    @classmethod
+    def setUpServers(cls):
+        # the variable, not the flag: HEAD's binary (which has no such flag)
+        # can run this test too and show the stall
+        os.environ["PGTX_LOCK_TIMEOUT_MS"] = str(LOCK_TIMEOUT_MS)
 
-    def soft(cond, msg):
-        if not cond:
-            h.failures.append(msg() if callable(msg) else msg)
+    def test_row_busy_while_locked(self):
+        h = self.h
+        h.start_server(extra=["--threads", str(THREADS), "--pool-size", str(THREADS),
+                              "--max-overflow", "0"])
+        hot = h.create_product(price=PRICE, stock=STOCK)
+        others = [h.create_product(price=PRICE, stock=STOCK) for _ in range(OTHER_CLIENTS)]
+        locked_buyers = [h.create_account(BALANCE) for _ in range(LOCKED_CLIENTS)]
+        other_buyers = [h.create_account(BALANCE) for _ in range(OTHER_CLIENTS)]
+        before = frozen_state(hot, locked_buyers)
 
-    # the locked product: 503 row_busy with Retry-After, within the lock
-    # wait plus a margin, and before the lock went away
-    soft(locked, "no order of the locked product was sent")
-    wrong = [r for r, _, _ in locked if (r.status, r.error_code) != (503, "row_busy")]
-    soft(not wrong, lambda: "orders of the locked product, wanted 503 row_busy: %s" % wrong[:5])
-    no_header = [r for r, _, _ in locked if not (r.headers.get("retry-after") or "").isdigit()
-                 or int(r.headers["retry-after"]) < 1]
-    soft(not no_header, lambda: "answers without a Retry-After of at least 1: %s" % no_header[:5])
-    slow = [round(s, 2) for _, s, _ in locked if s > LOCK_TIMEOUT_MS / 1000.0 + MARGIN_S]
-    soft(not slow, lambda: "orders of the locked product answered later than %d ms + %.1f s: %s"
-         % (LOCK_TIMEOUT_MS, MARGIN_S, slow[:10]))
-    late = [r for r, _, end in locked if end >= t_release]
-    soft(not late, lambda: "%d order(s) of the locked product answered only once the lock was released"
-         % len(late))
+        holder = LockHolder("product", hot["id"])
+        try:
+            t_locked = time.monotonic()
+            until = t_locked + SEND_FOR_S
+            with concurrent.futures.ThreadPoolExecutor(LOCKED_CLIENTS + OTHER_CLIENTS + 1) as ex:
+                locked_f = [ex.submit(locked_orders, h, hot, locked_buyers[i], STRATEGIES[i % len(STRATEGIES)], until)
+                            for i in range(LOCKED_CLIENTS)]
+                other_f = [ex.submit(other_requests, h, hot, others[i], other_buyers[i],
+                                     STRATEGIES[i % len(STRATEGIES)], until) for i in range(OTHER_CLIENTS)]
+                health_f = ex.submit(health_poll, h, until)
+                # the lock is held HOLD_S whatever the clients do
+                time.sleep(max(0.0, t_locked + HOLD_S - time.monotonic()))
+                t_release = time.monotonic()
+                holder.release()
+                locked = [x for f in locked_f for x in f.result()]
+                other = [x for f in other_f for x in f.result()] + health_f.result()
+        finally:
+            holder.close()
+        log("lock held %.1f s; requests sent during the first %.1f s" % (t_release - t_locked, SEND_FOR_S))
 
-    # everything else: answered as usual, while the row was still locked
-    bad = [(kind, r) for kind, want, r, _, _ in other if r.status != want]
-    soft(not bad, lambda: "%d of %d requests that do not need the locked row failed: %s"
-         % (len(bad), len(other), bad[:5]))
-    late = [kind for kind, _, _, _, end in other if end >= t_release]
-    soft(not late, lambda: "%d of %d requests that do not need the locked row were answered only after "
-         "the release: %s" % (len(late), len(other), dict(collections.Counter(late))))
-    check(not h.failures, "see the failures above")
+        # every figure first, then every check (all failures are reported)
+        outcome = collections.Counter((r.status, r.error_code) for r, _, _ in locked)
+        log("orders of the locked product: %s" % dict(outcome))
+        log(latency_line("POST /v1/orders (locked product)", [s for _, s, _ in locked]))
+        by_kind = collections.defaultdict(list)
+        for kind, _, _, secs, _ in other:
+            by_kind[kind].append(secs)
+        for kind in sorted(by_kind):
+            log(latency_line(kind, by_kind[kind]))
+        log(latency_line("all requests not needing the row", [s for _, _, _, s, _ in other]))
 
-    # nothing changed for the refused orders
-    after = frozen_state(hot, locked_buyers)
-    check(after == before, lambda: "refused orders changed something: before %s, after %s" % (before, after))
+        soft_failures = []
 
-    # released: the product sells again, once per buyer
-    for i, b in enumerate(locked_buyers):
-        r = h.client().request("POST", "/v1/orders", {"account_id": b["id"], "product_id": hot["id"], "quantity": 1},
-                               token=b["token"], headers={"Pgtx-Strategy": STRATEGIES[i % len(STRATEGIES)]})
-        check(r.status == 201, lambda: "order of the released product: %r" % r)
-    stock = h.get("/v1/products/%d" % hot["id"])["stock"]
-    check(stock == STOCK - LOCKED_CLIENTS, lambda: "stock %d after %d orders of %d" % (stock, LOCKED_CLIENTS, STOCK))
-    log("after the release: %d orders of the product succeeded; %d row_busy, %d other requests all "
-        "answered while the row was locked" % (LOCKED_CLIENTS, len(locked), len(other)))
+        def soft(cond, msg):
+            if not cond:
+                soft_failures.append(msg() if callable(msg) else msg)
 
-    health_with_every_worker_stuck(h)
-    n = h.check_invariants(what="after the locked rows were released")
-    log("invariants ok over %d entities" % n)
+        # the locked product: 503 row_busy with Retry-After, within the lock
+        # wait plus a margin, and before the lock went away
+        soft(locked, "no order of the locked product was sent")
+        wrong = [r for r, _, _ in locked if (r.status, r.error_code) != (503, "row_busy")]
+        soft(not wrong, lambda: "orders of the locked product, wanted 503 row_busy: %s" % wrong[:5])
+        no_header = [r for r, _, _ in locked if not (r.headers.get("retry-after") or "").isdigit()
+                     or int(r.headers["retry-after"]) < 1]
+        soft(not no_header, lambda: "answers without a Retry-After of at least 1: %s" % no_header[:5])
+        slow = [round(s, 2) for _, s, _ in locked if s > LOCK_TIMEOUT_MS / 1000.0 + MARGIN_S]
+        soft(not slow, lambda: "orders of the locked product answered later than %d ms + %.1f s: %s"
+             % (LOCK_TIMEOUT_MS, MARGIN_S, slow[:10]))
+        late = [r for r, _, end in locked if end >= t_release]
+        soft(not late, lambda: "%d order(s) of the locked product answered only once the lock was released"
+             % len(late))
+
+        # everything else: answered as usual, while the row was still locked
+        bad = [(kind, r) for kind, want, r, _, _ in other if r.status != want]
+        soft(not bad, lambda: "%d of %d requests that do not need the locked row failed: %s"
+             % (len(bad), len(other), bad[:5]))
+        late = [kind for kind, _, _, _, end in other if end >= t_release]
+        soft(not late, lambda: "%d of %d requests that do not need the locked row were answered only after "
+             "the release: %s" % (len(late), len(other), dict(collections.Counter(late))))
+        check(not soft_failures, lambda: "\n".join(soft_failures))
+
+        # nothing changed for the refused orders
+        after = frozen_state(hot, locked_buyers)
+        check(after == before, lambda: "refused orders changed something: before %s, after %s" % (before, after))
+
+        # released: the product sells again, once per buyer
+        for i, b in enumerate(locked_buyers):
+            r = h.client().request("POST", "/v1/orders",
+                                   {"account_id": b["id"], "product_id": hot["id"], "quantity": 1}, token=b["token"],
+                                   headers={"Pgtx-Strategy": STRATEGIES[i % len(STRATEGIES)]})
+            check(r.status == 201, lambda: "order of the released product: %r" % r)
+        stock = h.get("/v1/products/%d" % hot["id"])["stock"]
+        check(stock == STOCK - LOCKED_CLIENTS,
+              lambda: "stock %d after %d orders of %d" % (stock, LOCKED_CLIENTS, STOCK))
+        log("after the release: %d orders of the product succeeded; %d row_busy, %d other requests all "
+            "answered while the row was locked" % (LOCKED_CLIENTS, len(locked), len(other)))
+        n = h.check_invariants(what="after the locked rows were released")
+        log("invariants ok over %d entities" % n)
+
+
+    def test_health_with_every_worker_stuck(self):
+        health_with_every_worker_stuck(self.h)
+        n = self.h.check_invariants(what="after the locked rows were released")
+        log("invariants ok over %d entities" % n)
 
 
 if __name__ == "__main__":
-    shoplib.run("test_locked_row", main)
+    shoplib.main()

@@ -19,7 +19,7 @@ count, as under systemd's default NotifyAccess=main.
 
 Without NOTIFY_SOCKET (every other test) nothing changes.
 
-usage: test_notify.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_notify (from tests/shop)
 """
 
 import http.client
@@ -203,18 +203,29 @@ def check_no_manager(h, base):
     log("NOTIFY_SOCKET naming no socket: warned on stderr, served /healthz 200, exit 0 on SIGTERM")
 
 
-def main(h):
-    base = tempfile.mkdtemp(prefix="pgtx-notify-", dir="/tmp")
-    os.chmod(base, 0o755)  # the embedded cluster may run as the postgres user
-    mgr = Manager(os.path.join(base, "notify"))
-    try:
-        check_given_database(h, mgr)
-        check_embedded(h, mgr, base)
-        check_no_manager(h, base)
-    finally:
-        mgr.close()
-        shutil.rmtree(base, ignore_errors=True)
+class Notify(shoplib.ShopTestCase):
+    """One method per part above; each has a folder and a stand-in manager
+    of its own, and starts (and stops) its own process."""
+
+    SERVERS_PER_TEST = True
+
+    def setUp(self):
+        super().setUp()
+        self.base = tempfile.mkdtemp(prefix="pgtx-notify-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.base, ignore_errors=True)
+        os.chmod(self.base, 0o755)  # the embedded cluster may run as the postgres user
+        self.mgr = Manager(os.path.join(self.base, "notify"))
+        self.addCleanup(self.mgr.close)
+
+    def test_given_database(self):
+        check_given_database(self.h, self.mgr)
+
+    def test_embedded_cluster(self):
+        check_embedded(self.h, self.mgr, self.base)
+
+    def test_no_manager(self):
+        check_no_manager(self.h, self.base)
 
 
 if __name__ == "__main__":
-    shoplib.run("test_notify", main)
+    shoplib.main()

@@ -22,7 +22,7 @@ server that serves it.
    answer of every e2e test, are also checked against the document by
    shoplib.)
 
-usage: test_openapi.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_openapi (from tests/shop)
 """
 
 import os
@@ -322,50 +322,58 @@ class Doc:
         return len(routes), len(sent)
 
 
-def main(h):
-    oas = shoplib.OPENAPI
-    d = Doc(oas)
-    doc = oas.doc
-    check(doc.get("openapi") == "3.1.0", lambda: "openapi is %r, want 3.1.0" % doc.get("openapi"))
-    check(isinstance(doc.get("info"), dict) and doc["info"].get("title") and doc["info"].get("version"),
-          "info.title and info.version are required")
-    check(doc.get("paths"), "no paths")
-    refs = d.check_refs(doc)
-    n_schemas = d.check_schemas()
-    d.check_path_parameters()
-    n_ops = d.check_operations()
-    n_routes, n_sent = d.check_source()
-    if d.problems:  # recorded; the served document is checked all the same
-        h.failures.append("%s: %d problem(s):\n  %s" % (oas.name, len(d.problems), "\n  ".join(d.problems)))
-    log("document: %d operations, %d schemas checked against Draft 2020-12, %d $refs resolved; "
-        "%d routes of the source, %d (status, code) pairs it sends; %d problem(s)"
-        % (n_ops, n_schemas, refs, n_routes, n_sent, len(d.problems)))
+class OpenApiDocument(shoplib.ShopTestCase):
+    SERVER = False
 
-    s = h.start_server()
-    c = h.client()
-    r = c.request("GET", "/openapi.yaml")
-    check(r.status == 200, lambda: "GET /openapi.yaml: %r" % r)
-    check(r.headers.get("content-type") == "application/yaml",
-          lambda: "GET /openapi.yaml: Content-Type %r, want application/yaml" % r.headers.get("content-type"))
-    if r.body != oas.raw:
-        at = next((i for i, (a, b) in enumerate(zip(r.body, oas.raw)) if a != b), min(len(r.body), len(oas.raw)))
-        fail("GET /openapi.yaml differs from %s: %d bytes served, %d in the file, first difference at byte %d"
-             " (served %r, file %r)" % (oas.name, len(r.body), len(oas.raw), at,
-                                        r.body[at:at + 40], oas.raw[at:at + 40]))
-    r = c.request("HEAD", "/openapi.yaml")
-    check(r.status == 200 and not r.body and r.headers.get("content-type") == "application/yaml"
-          and r.headers.get("content-length") == str(len(oas.raw)),
-          lambda: "HEAD /openapi.yaml: %r %s" % (r, r.headers))
-    for method in ("POST", "PUT", "DELETE"):
-        r = c.request(method, "/openapi.yaml", {} if method != "DELETE" else None)
-        check(r.status == 405 and r.error_code == "method_not_allowed" and r.headers.get("allow") == "GET, HEAD",
-              lambda: "%s /openapi.yaml: want 405 with Allow: GET, HEAD, got %r %s" % (method, r, r.headers))
-    for path in ("/openapi.yaml/", "/openapi.json", "/openapi.yaml/x"):
-        r = c.request("GET", path)
-        check(r.status == 404 and r.error_code == "not_found", lambda: "GET %s: want 404, got %r" % (path, r))
-    log("served: GET /openapi.yaml is the file, %d bytes, application/yaml; HEAD the same headers; "
-        "POST, PUT, DELETE 405 with Allow: GET, HEAD (server on port %d)" % (len(oas.raw), s.port))
+    def test_document(self):
+        # the document itself, and against the source's routes and codes
+        oas = shoplib.OPENAPI
+        d = Doc(oas)
+        doc = oas.doc
+        check(doc.get("openapi") == "3.1.0", lambda: "openapi is %r, want 3.1.0" % doc.get("openapi"))
+        check(isinstance(doc.get("info"), dict) and doc["info"].get("title") and doc["info"].get("version"),
+              "info.title and info.version are required")
+        check(doc.get("paths"), "no paths")
+        refs = d.check_refs(doc)
+        n_schemas = d.check_schemas()
+        d.check_path_parameters()
+        n_ops = d.check_operations()
+        n_routes, n_sent = d.check_source()
+        log("document: %d operations, %d schemas checked against Draft 2020-12, %d $refs resolved; "
+            "%d routes of the source, %d (status, code) pairs it sends; %d problem(s)"
+            % (n_ops, n_schemas, refs, n_routes, n_sent, len(d.problems)))
+        check(not d.problems, lambda: "%s: %d problem(s):\n  %s" % (oas.name, len(d.problems), "\n  ".join(d.problems)))
+
+
+class OpenApiServed(shoplib.ShopTestCase):
+    def test_served_as_the_file(self):
+        oas = shoplib.OPENAPI
+        s = self.srv
+        c = self.h.client()
+        r = c.request("GET", "/openapi.yaml")
+        check(r.status == 200, lambda: "GET /openapi.yaml: %r" % r)
+        check(r.headers.get("content-type") == "application/yaml",
+              lambda: "GET /openapi.yaml: Content-Type %r, want application/yaml" % r.headers.get("content-type"))
+        if r.body != oas.raw:
+            at = next((i for i, (a, b) in enumerate(zip(r.body, oas.raw)) if a != b),
+                      min(len(r.body), len(oas.raw)))
+            fail("GET /openapi.yaml differs from %s: %d bytes served, %d in the file, first difference at byte %d"
+                 " (served %r, file %r)" % (oas.name, len(r.body), len(oas.raw), at,
+                                            r.body[at:at + 40], oas.raw[at:at + 40]))
+        r = c.request("HEAD", "/openapi.yaml")
+        check(r.status == 200 and not r.body and r.headers.get("content-type") == "application/yaml"
+              and r.headers.get("content-length") == str(len(oas.raw)),
+              lambda: "HEAD /openapi.yaml: %r %s" % (r, r.headers))
+        for method in ("POST", "PUT", "DELETE"):
+            r = c.request(method, "/openapi.yaml", {} if method != "DELETE" else None)
+            check(r.status == 405 and r.error_code == "method_not_allowed" and r.headers.get("allow") == "GET, HEAD",
+                  lambda: "%s /openapi.yaml: want 405 with Allow: GET, HEAD, got %r %s" % (method, r, r.headers))
+        for path in ("/openapi.yaml/", "/openapi.json", "/openapi.yaml/x"):
+            r = c.request("GET", path)
+            check(r.status == 404 and r.error_code == "not_found", lambda: "GET %s: want 404, got %r" % (path, r))
+        log("served: GET /openapi.yaml is the file, %d bytes, application/yaml; HEAD the same headers; "
+            "POST, PUT, DELETE 405 with Allow: GET, HEAD (server on port %d)" % (len(oas.raw), s.port))
 
 
 if __name__ == "__main__":
-    shoplib.run("test_openapi", main)
+    shoplib.main()

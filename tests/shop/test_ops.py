@@ -9,9 +9,12 @@ shutdown with a request in flight, the generated admin token, IPv6.
      one waits in the queue, every other is refused at once: 503 `overloaded`
      with `Retry-After`; no checkout gave up (the pool's timeout counter).
    - `--threads 8 --pool-size 1 --max-overflow 0 --pool-timeout-ms 50`: one
-     deposit holds the only connection, every other gives up waiting for
-     it: 503 `overloaded` with `Retry-After`, each one counted by the pool's
-     timeout counter.
+     deposit holds the only connection; every other, taking its turn for
+     the row (two writes of a row at once), gives up waiting for the
+     connection: 503 `overloaded` with `Retry-After`, each one counted by
+     the pool's timeout counter.
+   Both with `--lock-timeout-ms 0`, so that the held row never turns the
+   blocked deposit into a 503 `row_busy`, however slow the machine.
    Then the lock goes, the admitted deposits answer 200, and the balance is
    the initial one plus the 200s: a 503 changed nothing.  A second burst per
    server runs without the lock (real contention, any mix of 200 and 503).
@@ -43,7 +46,7 @@ shutdown with a request in flight, the generated admin token, IPv6.
    request log shows some); a third without the flag is refused, one with
    PGTX_REUSE_PORT=1 joins.
 
-usage: test_ops.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_ops (from tests/shop)
 """
 
 import collections
@@ -175,16 +178,10 @@ class RowLock:
     def wait_waiters(self, n, timeout=BLOCK_DEADLINE):
         """Polls until n sessions wait for this lock; returns the seconds."""
         t0 = time.monotonic()
-        deadline = t0 + timeout
-        for _ in range(100000):
-            got = self.waiters()
-            if got >= n:
-                return time.monotonic() - t0
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        fail("%d session(s) wait for the row lock on account %d after %.0f s, want %d"
-             % (got, self.account_id, timeout, n))
+        shoplib.wait_until(lambda: self.waiters() >= n, timeout,
+                           lambda _: "%d session(s) waiting for the row lock on account %d, want %d"
+                           % (self.waiters(), self.account_id, n), interval=0.02)
+        return time.monotonic() - t0
 
     def release(self):
         self._send("COMMIT;", "__released__")
@@ -347,13 +344,15 @@ def overload_round(h, s, flags, max_admitted, pool_refusals):
 
 
 def check_overload(h):
-    flags = ["--threads", "1", "--queue", "1", "--pool-size", "1", "--max-overflow", "0"]
+    flags = ["--threads", "1", "--queue", "1", "--pool-size", "1", "--max-overflow", "0",
+             "--lock-timeout-ms", "0"]
     s = h.start_server(extra=flags, name="queue1")
     try:
         log("overload (queue): " + overload_round(h, s, " ".join(flags), 2, False))
     finally:
         s.stop()
-    flags = ["--threads", "8", "--pool-size", "1", "--max-overflow", "0", "--pool-timeout-ms", "50"]
+    flags = ["--threads", "8", "--pool-size", "1", "--max-overflow", "0", "--pool-timeout-ms", "50",
+             "--lock-timeout-ms", "0"]
     s = h.start_server(extra=flags, name="pool1")
     try:
         log("overload (pool): " + overload_round(h, s, " ".join(flags), 1, True))
@@ -543,9 +542,8 @@ def spread_healthz(p, q):
         if sent % 10 == 0 and healthz_served(p) and healthz_served(q):
             break
     # a request's log line may follow its answer by a moment
-    settle = time.monotonic() + SETTLE_DEADLINE
-    while healthz_served(p) + healthz_served(q) < sent and time.monotonic() < settle:
-        time.sleep(0.05)
+    shoplib.wait_until(lambda: healthz_served(p) + healthz_served(q) >= sent, SETTLE_DEADLINE,
+                       "log lines of the /healthz answers", must=False)
     return sent, healthz_served(p), healthz_served(q)
 
 
@@ -617,9 +615,9 @@ def check_sigterm(h):
         lock.wait_waiters(1)
         t_sig = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
-        deadline = t_sig + 10 * SLOW
-        while "shutting down" not in s.log_text() and s.alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        shoplib.wait_until(lambda: "shutting down" in s.log_text() or not s.alive(),
+                           t_sig + 10 * SLOW - time.monotonic(), "'shutting down' in the log",
+                           interval=0.02, must=False)
         check("shutting down" in s.log_text(),
               lambda: "no 'shutting down' in the log within 10 s of SIGTERM; stderr:\n%s" % s.log_tail())
         seen = time.monotonic() - t_sig
@@ -733,17 +731,16 @@ def check_gone(data_dir, pids, pg_ctl, what):
     """No process of the cluster is left: polls (bounded) and returns the
     seconds it took."""
     t0 = time.monotonic()
-    deadline = t0 + 10 * SLOW
-    for _ in range(10000):
+
+    def left_behind():
         alive = {p: t for p, t in pids.items() if proc_start_time(p) == t}
         named = procs_naming(data_dir)
         pidfile = os.path.exists(os.path.join(data_dir, "postmaster.pid"))
-        if not alive and not named and not pidfile:
-            break
-        if time.monotonic() > deadline:
-            fail("%s: PostgreSQL of %s still there: pids %s, processes %s, postmaster.pid %s"
-                 % (what, data_dir, sorted(alive), named, "present" if pidfile else "gone"))
-        time.sleep(0.05)
+        return (sorted(alive), named, pidfile) if alive or named or pidfile else None
+
+    shoplib.wait_until(lambda: left_behind() is None, 10 * SLOW,
+                       lambda _: "%s: PostgreSQL of %s still there: pids, processes, postmaster.pid %r"
+                       % (what, data_dir, left_behind()))
     took = time.monotonic() - t0
     if pg_ctl:
         rc, out = pg_ctl_status(pg_ctl, data_dir)
@@ -825,9 +822,8 @@ def check_admin_token(h):
             with open(os.path.join(data_dir, "postmaster.pid")) as f:
                 pm = int(f.readline())
             os.kill(pm, signal.SIGQUIT)
-            deadline = time.monotonic() + 10
-            while proc_start_time(pm) is not None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            shoplib.wait_until(lambda: proc_start_time(pm) is None, 10, "the left-behind cluster gone",
+                               must=False)
         except (OSError, ValueError):
             pass
         shutil.rmtree(base, ignore_errors=True)
@@ -858,15 +854,33 @@ def check_ipv6(h):
         % (s.port, r.body.decode("utf-8", "replace"), took))
 
 
-def main(h):
-    check_overload(h)
-    check_startup_errors(h)
-    check_config_sources(h)
-    check_port_sharing(h)
-    check_sigterm(h)
-    check_admin_token(h)
-    check_ipv6(h)
+class Ops(shoplib.ShopTestCase):
+    """One method per part of the scenario above; each starts (and stops)
+    its own servers."""
+
+    SERVERS_PER_TEST = True
+
+    def test_overload(self):
+        check_overload(self.h)
+
+    def test_startup_errors(self):
+        check_startup_errors(self.h)
+
+    def test_config_sources(self):
+        check_config_sources(self.h)
+
+    def test_port_sharing(self):
+        check_port_sharing(self.h)
+
+    def test_sigterm(self):
+        check_sigterm(self.h)
+
+    def test_admin_token(self):
+        check_admin_token(self.h)
+
+    def test_ipv6(self):
+        check_ipv6(self.h)
 
 
 if __name__ == "__main__":
-    shoplib.run("test_ops", main)
+    shoplib.main()

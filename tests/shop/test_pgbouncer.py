@@ -25,7 +25,7 @@ may be gone.  Then:
    connections, more transactions than that many sessions could have run
    alone.
 
-usage: test_pgbouncer.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_pgbouncer (from tests/shop)
 """
 
 import collections
@@ -121,20 +121,24 @@ class Bouncer:
     def _wait_ready(self, last):
         """True once it answers; False when it exited at start and this was
         not the last attempt."""
-        deadline = time.monotonic() + START_DEADLINE
-        while True:
+        tried = []
+
+        def answers_or_exited():
             if self.proc.poll() is not None:
-                if not last:
-                    return False
-                fail("pgbouncer exited with %s at start; log:\n%s" % (self.proc.returncode, self.log_tail()))
+                return "exited"
             r = subprocess.run(["psql", "-X", "-A", "-t", "-d", self.dsn(), "-c", "SELECT 1"],
                                capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
-            if r.returncode == 0:
-                return True
-            if time.monotonic() > deadline:
-                fail("pgbouncer did not answer within %.0f s: %s; log:\n%s"
-                     % (START_DEADLINE, r.stderr.decode(errors="replace"), self.log_tail()))
-            time.sleep(0.1)
+            tried[:] = [r.stderr.decode(errors="replace")]
+            return "ready" if r.returncode == 0 else None
+
+        got = shoplib.wait_until(answers_or_exited, START_DEADLINE,
+                                 lambda _: "pgbouncer answering: %s; log:\n%s"
+                                 % ("".join(tried), self.log_tail()), interval=0.1)
+        if got == "exited":
+            if not last:
+                return False
+            fail("pgbouncer exited with %s at start; log:\n%s" % (self.proc.returncode, self.log_tail()))
+        return True
 
     def admin(self, command):
         """Rows of an admin console command, as dicts."""
@@ -207,13 +211,19 @@ def check_sessions_clean(b):
     return pids
 
 
-def main(h):
-    upstream, user, db = shoplib.upstream_address()
-    b = Bouncer(upstream, user, db)
-    try:
-        run(h, b)
-    finally:
-        b.stop()
+class PgBouncer(shoplib.ShopTestCase):
+    """Two processes behind one pgbouncer of the test's own; the session
+    check counts what the load did: one method."""
+
+    SERVER = False
+
+    def test_transaction_mode(self):
+        upstream, user, db = shoplib.upstream_address()
+        b = Bouncer(upstream, user, db)
+        try:
+            run(self.h, b)
+        finally:
+            b.stop()
 
 
 def run(h, b):
@@ -260,4 +270,4 @@ def run(h, b):
 
 
 if __name__ == "__main__":
-    shoplib.run("test_pgbouncer", main)
+    shoplib.main()

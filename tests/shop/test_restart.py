@@ -17,7 +17,7 @@ SIGTERMed (it must exit 0 while the load goes on) and restarted.  Then:
   may have committed unacknowledged), and balance = sum(ledger);
 - the invariants hold.
 
-usage: test_restart.py PGTX_SHOP_BINARY
+usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_restart (from tests/shop)
 """
 
 import collections
@@ -31,7 +31,7 @@ import time
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shoplib  # noqa: E402
-from shoplib import check, fail  # noqa: E402
+from shoplib import check  # noqa: E402
 
 WORKERS = 12
 MAX_OPS = 5000            # per worker, a bound that time should hit first
@@ -108,123 +108,127 @@ class Worker:
 
 
 def wait_acks(workers, target, what):
-    deadline = time.monotonic() + PHASE_DEADLINE
-    while sum(w.acks for w in workers) < target:
-        if time.monotonic() > deadline:
-            fail("%s: only %d acknowledged writes within %.0f s (want %d)"
-                 % (what, sum(w.acks for w in workers), PHASE_DEADLINE, target))
-        time.sleep(0.02)  # polling a counter, bounded by the deadline
+    shoplib.wait_until(lambda: sum(w.acks for w in workers) >= target, PHASE_DEADLINE,
+                       lambda _: "%s: only %d acknowledged writes (want %d)"
+                       % (what, sum(w.acks for w in workers), target), interval=0.02)
 
 
 def request_lines(server):
     return sum(1 for line in server.log_text().splitlines() if "route=" in line)
 
 
-def main(h):
-    a, b = h.start_pair(extra=["--reuse-port"])
-    prod = h.create_product(price=PRICE, stock=10**12)
-    accts = h.create_accounts(WORKERS, lambda i: INITIAL)
-    stop = threading.Event()
-    workers = [Worker(h, n, a.addr, accts[n], prod, stop) for n in range(WORKERS)]
-    timeline = []
-    t0 = time.monotonic()
-    ex = concurrent.futures.ThreadPoolExecutor(WORKERS)
-    futures = [ex.submit(w.run) for w in workers]
-    try:
-        wait_acks(workers, PHASE_ACKS, "warm-up")
-        acks = sum(w.acks for w in workers)
-        served = request_lines(a)
-        a.kill()
-        timeline.append("%.2f s: SIGKILL %s after %d acks (it had logged %d requests)"
-                        % (time.monotonic() - t0, a.name, acks, served))
-        ts = time.monotonic()
-        a.restart()
-        timeline.append("%.2f s: %s back in %.2f s" % (time.monotonic() - t0, a.name, time.monotonic() - ts))
-        wait_acks(workers, acks + PHASE_ACKS, "after the SIGKILL")
-        acks = sum(w.acks for w in workers)
-        took = b.stop()
-        timeline.append("%.2f s: SIGTERM %s under load after %d acks (it had logged %d requests): exit 0 in %.2f s"
-                        % (time.monotonic() - t0, b.name, acks, request_lines(b), took))
-        ts = time.monotonic()
-        b.restart()
-        timeline.append("%.2f s: %s back in %.2f s" % (time.monotonic() - t0, b.name, time.monotonic() - ts))
-        wait_acks(workers, acks + PHASE_ACKS, "after the SIGTERM")
-    finally:
-        stop.set()
-        for f in futures:
-            f.result(timeout=120 * shoplib.SLOW)
-        ex.shutdown()
-    timeline.append("%.2f s: load stopped, %d acks" % (time.monotonic() - t0, sum(w.acks for w in workers)))
-    for line in timeline:
-        shoplib.log(line)
+class Restart(shoplib.ShopTestCase):
+    """One load scenario (its phases build on each other): one method."""
 
-    conn_errors = sum((w.conn_errors for w in workers), collections.Counter())
-    refused = sum((w.refused for w in workers), collections.Counter())
-    bad = [x for w in workers for x in w.bad]
-    shoplib.log("client errors: connection %s, 503 %s, other %d" % (dict(conn_errors), dict(refused), len(bad)))
-    check(not bad, lambda: "responses other than 2xx, a connection error or 503: %s" % bad[:10])
+    SERVER = False
 
-    # every order: acknowledged ones are in the database; the others resolve
-    # with their key to exactly one order
-    c = shoplib.Client(*a.addr)  # a fresh connection: the old ones died with their servers
-    resent = collections.Counter()
-    by_key = {}
-    for w in workers:
-        for key, (q, body) in w.orders.items():
-            if body is not None:
-                by_key[key] = body["id"]
-                continue
-            req = {"account_id": w.acct["id"], "product_id": prod["id"], "quantity": q}
-            r = None
-            for _ in range(20):  # a 503 may be answered again; bounded
-                r = c.request("POST", "/v1/orders", req, token=w.acct["token"], headers={"Idempotency-Key": key})
-                if r.status != 503:
-                    break
-            check(r.status in (200, 201) and r.json.get("quantity") == q,
-                  lambda: "re-sending unacknowledged order %s: %r" % (key, r))
-            resent[r.status] += 1
-            by_key[key] = r.json["id"]
-    shoplib.log("unacknowledged orders re-sent with their key: %d had committed (200), %d had not (201)"
-                % (resent[200], resent[201]))
-    rows = shoplib.sql_json("SELECT id, account_id, idempotency_key, quantity FROM orders WHERE product_id = %d"
-                            % prod["id"])
-    in_db = collections.Counter(r["idempotency_key"] for r in rows)
-    dup = [k for k, n in in_db.items() if n > 1]
-    check(not dup, lambda: "keys with more than one order: %s" % dup[:10])
-    db_ids = {r["idempotency_key"]: r["id"] for r in rows}
-    check(db_ids == by_key, lambda: "orders in the database (%d) vs the keys sent (%d): differ on %s"
-          % (len(db_ids), len(by_key), sorted(set(db_ids.items()) ^ set(by_key.items()))[:10]))
-    acked_orders = sum(1 for w in workers for q, body in w.orders.values() if body is not None)
+    def test_kill_and_restart_under_load(self):
+        h = self.h
+        a, b = h.start_pair(extra=["--reuse-port"])
+        prod = h.create_product(price=PRICE, stock=10**12)
+        accts = h.create_accounts(WORKERS, lambda i: INITIAL)
+        stop = threading.Event()
+        workers = [Worker(h, n, a.addr, accts[n], prod, stop) for n in range(WORKERS)]
+        timeline = []
+        t0 = time.monotonic()
+        ex = concurrent.futures.ThreadPoolExecutor(WORKERS)
+        futures = [ex.submit(w.run) for w in workers]
+        try:
+            wait_acks(workers, PHASE_ACKS, "warm-up")
+            acks = sum(w.acks for w in workers)
+            served = request_lines(a)
+            a.kill()
+            timeline.append("%.2f s: SIGKILL %s after %d acks (it had logged %d requests)"
+                            % (time.monotonic() - t0, a.name, acks, served))
+            ts = time.monotonic()
+            a.restart()
+            timeline.append("%.2f s: %s back in %.2f s" % (time.monotonic() - t0, a.name, time.monotonic() - ts))
+            wait_acks(workers, acks + PHASE_ACKS, "after the SIGKILL")
+            acks = sum(w.acks for w in workers)
+            took = b.stop()
+            timeline.append("%.2f s: SIGTERM %s under load after %d acks (it had logged %d requests): exit 0 in %.2f s"
+                            % (time.monotonic() - t0, b.name, acks, request_lines(b), took))
+            ts = time.monotonic()
+            b.restart()
+            timeline.append("%.2f s: %s back in %.2f s" % (time.monotonic() - t0, b.name, time.monotonic() - ts))
+            wait_acks(workers, acks + PHASE_ACKS, "after the SIGTERM")
+        finally:
+            stop.set()
+            for f in futures:
+                f.result(timeout=120 * shoplib.SLOW)
+            ex.shutdown()
+        timeline.append("%.2f s: load stopped, %d acks" % (time.monotonic() - t0, sum(w.acks for w in workers)))
+        for line in timeline:
+            shoplib.log(line)
 
-    # deposits: acknowledged <= committed <= sent; balance = sum(ledger)
-    ids = [w.acct["id"] for w in workers]
-    sums = {r["account_id"]: r for r in shoplib.sql_json(
-        "SELECT a.id AS account_id, a.balance,"
-        " (SELECT coalesce(sum(amount), 0) FROM ledger l WHERE l.account_id = a.id AND kind = 'deposit') AS deposits,"
-        " (SELECT count(*) FROM ledger l WHERE l.account_id = a.id AND kind = 'deposit') AS deposit_rows,"
-        " (SELECT coalesce(sum(total), 0) FROM orders o WHERE o.account_id = a.id) AS spent"
-        " FROM account a WHERE a.id = ANY(%s)" % shoplib.id_array(ids))}
-    unacked_committed = 0
-    for w in workers:
-        s = sums[w.acct["id"]]
-        acked = sum(amt for amt, ok in w.deposits if ok)
-        sent = sum(amt for amt, ok in w.deposits)
-        n_acked = sum(1 for _, ok in w.deposits if ok)
-        check(acked <= s["deposits"] <= sent and n_acked <= s["deposit_rows"] <= len(w.deposits),
-              lambda: "account %d: deposits in the ledger %d (%d rows); acknowledged %d (%d), sent %d (%d)"
-              % (w.acct["id"], s["deposits"], s["deposit_rows"], acked, n_acked, sent, len(w.deposits)))
-        check(s["balance"] == INITIAL + s["deposits"] - s["spent"],
-              lambda: "account %d: balance %d != initial %d + deposits %d - orders %d"
-              % (w.acct["id"], s["balance"], INITIAL, s["deposits"], s["spent"]))
-        unacked_committed += s["deposit_rows"] - n_acked
-    n = h.check_invariants(what="after the restarts")
-    deposits_acked = sum(1 for w in workers for _, ok in w.deposits if ok)
-    deposits_sent = sum(len(w.deposits) for w in workers)
-    shoplib.log("orders: %d acknowledged, %d in the database, one per key" % (acked_orders, len(rows)))
-    shoplib.log("deposits: %d acknowledged of %d sent; %d committed without an acknowledgement"
-                % (deposits_acked, deposits_sent, unacked_committed))
-    shoplib.log("invariants: ok over %d entities" % n)
+        conn_errors = sum((w.conn_errors for w in workers), collections.Counter())
+        refused = sum((w.refused for w in workers), collections.Counter())
+        bad = [x for w in workers for x in w.bad]
+        shoplib.log("client errors: connection %s, 503 %s, other %d" % (dict(conn_errors), dict(refused), len(bad)))
+        check(not bad, lambda: "responses other than 2xx, a connection error or 503: %s" % bad[:10])
+
+        # every order: acknowledged ones are in the database; the others resolve
+        # with their key to exactly one order
+        c = shoplib.Client(*a.addr)  # a fresh connection: the old ones died with their servers
+        resent = collections.Counter()
+        by_key = {}
+        for w in workers:
+            for key, (q, body) in w.orders.items():
+                if body is not None:
+                    by_key[key] = body["id"]
+                    continue
+                req = {"account_id": w.acct["id"], "product_id": prod["id"], "quantity": q}
+                r = None
+                for _ in range(20):  # a 503 may be answered again; bounded
+                    r = c.request("POST", "/v1/orders", req, token=w.acct["token"], headers={"Idempotency-Key": key})
+                    if r.status != 503:
+                        break
+                check(r.status in (200, 201) and r.json.get("quantity") == q,
+                      lambda: "re-sending unacknowledged order %s: %r" % (key, r))
+                resent[r.status] += 1
+                by_key[key] = r.json["id"]
+        shoplib.log("unacknowledged orders re-sent with their key: %d had committed (200), %d had not (201)"
+                    % (resent[200], resent[201]))
+        rows = shoplib.sql_json("SELECT id, account_id, idempotency_key, quantity FROM orders WHERE product_id = %d"
+                                % prod["id"])
+        in_db = collections.Counter(r["idempotency_key"] for r in rows)
+        dup = [k for k, n in in_db.items() if n > 1]
+        check(not dup, lambda: "keys with more than one order: %s" % dup[:10])
+        db_ids = {r["idempotency_key"]: r["id"] for r in rows}
+        check(db_ids == by_key, lambda: "orders in the database (%d) vs the keys sent (%d): differ on %s"
+              % (len(db_ids), len(by_key), sorted(set(db_ids.items()) ^ set(by_key.items()))[:10]))
+        acked_orders = sum(1 for w in workers for q, body in w.orders.values() if body is not None)
+
+        # deposits: acknowledged <= committed <= sent; balance = sum(ledger)
+        ids = [w.acct["id"] for w in workers]
+        sums = {r["account_id"]: r for r in shoplib.sql_json(
+            "SELECT a.id AS account_id, a.balance,"
+            " (SELECT coalesce(sum(amount), 0) FROM ledger l WHERE l.account_id = a.id AND kind = 'deposit')"
+            "  AS deposits,"
+            " (SELECT count(*) FROM ledger l WHERE l.account_id = a.id AND kind = 'deposit') AS deposit_rows,"
+            " (SELECT coalesce(sum(total), 0) FROM orders o WHERE o.account_id = a.id) AS spent"
+            " FROM account a WHERE a.id = ANY(%s)" % shoplib.id_array(ids))}
+        unacked_committed = 0
+        for w in workers:
+            s = sums[w.acct["id"]]
+            acked = sum(amt for amt, ok in w.deposits if ok)
+            sent = sum(amt for amt, ok in w.deposits)
+            n_acked = sum(1 for _, ok in w.deposits if ok)
+            check(acked <= s["deposits"] <= sent and n_acked <= s["deposit_rows"] <= len(w.deposits),
+                  lambda: "account %d: deposits in the ledger %d (%d rows); acknowledged %d (%d), sent %d (%d)"
+                  % (w.acct["id"], s["deposits"], s["deposit_rows"], acked, n_acked, sent, len(w.deposits)))
+            check(s["balance"] == INITIAL + s["deposits"] - s["spent"],
+                  lambda: "account %d: balance %d != initial %d + deposits %d - orders %d"
+                  % (w.acct["id"], s["balance"], INITIAL, s["deposits"], s["spent"]))
+            unacked_committed += s["deposit_rows"] - n_acked
+        n = h.check_invariants(what="after the restarts")
+        deposits_acked = sum(1 for w in workers for _, ok in w.deposits if ok)
+        deposits_sent = sum(len(w.deposits) for w in workers)
+        shoplib.log("orders: %d acknowledged, %d in the database, one per key" % (acked_orders, len(rows)))
+        shoplib.log("deposits: %d acknowledged of %d sent; %d committed without an acknowledgement"
+                    % (deposits_acked, deposits_sent, unacked_committed))
+        shoplib.log("invariants: ok over %d entities" % n)
 
 
 if __name__ == "__main__":
-    shoplib.run("test_restart", main)
+    shoplib.main()
