@@ -559,6 +559,135 @@ PGTX_API pgtx_status pgtx_result_int64(const PGresult *res, int row, int col,
 PGTX_API int pgtx_backoff_ms(const pgtx_retry_policy *policy, int attempt,
                              double r);
 
+/* ------------------------------------------------------------------------
+ * Safe-update strategies: one row's counter changed by a delta
+ * ------------------------------------------------------------------------ */
+
+/*
+ * The ways to change a value read-modify-write without losing an update.
+ * NAIVE is the unsafe one, kept to show the lost update.  New members may
+ * be added before PGTX_STRATEGY_COUNT.
+ */
+typedef enum pgtx_strategy {
+    PGTX_STRATEGY_ATOMIC,       /* one guarded UPDATE, no read */
+    PGTX_STRATEGY_LOCK,         /* SELECT ... FOR NO KEY UPDATE, then write */
+    PGTX_STRATEGY_OPTIMISTIC,   /* read with a version, write if unchanged */
+    PGTX_STRATEGY_SERIALIZABLE, /* read, write, in a SERIALIZABLE engine */
+    PGTX_STRATEGY_NAIVE,        /* read, write: UNSAFE, loses updates */
+    PGTX_STRATEGY_COUNT
+} pgtx_strategy;
+
+/* "atomic", "lock", "optimistic", "serializable", "naive"; "unknown" out of
+   range.  A static string, never NULL. */
+PGTX_API const char *pgtx_strategy_name(pgtx_strategy s);
+/* The strategy named exactly `name` (lower case) into *out; false, *out
+   untouched, for anything else, NULL included. */
+PGTX_API bool pgtx_strategy_parse(const char *name, pgtx_strategy *out);
+/* False only for NAIVE (and values out of range). */
+PGTX_API bool pgtx_strategy_is_safe(pgtx_strategy s);
+
+/* How PGTX_STRATEGY_LOCK waits for a row another transaction holds; the
+   other strategies ignore it. */
+typedef enum pgtx_row_wait {
+    PGTX_ROW_WAIT,        /* wait (bounded by the engine's lock_timeout_ms) */
+    PGTX_ROW_NOWAIT,      /* fail at once: PGTX_LOCK_NOT_AVAILABLE */
+    PGTX_ROW_SKIP_LOCKED  /* pass it by: found = false, PGTX_OK */
+} pgtx_row_wait;
+
+/*
+ * One change: add `delta` to the bigint `column` of the row of `table` whose
+ * `key_column` equals `key`, unless the result would leave [floor, ceiling].
+ * Names are identifiers, each quoted by the library ("" doubled), so any
+ * name is safe and none is case-folded: give them as the catalog spells
+ * them ("account", not "Account" unless it was created quoted).  NULL, ""
+ * or longer than 63 bytes is INVALID.  `key_column` must be unique (a
+ * primary key or unique constraint); a key matching several rows is
+ * INVALID and rolls the transaction back.
+ */
+typedef struct pgtx_delta {
+    const char *schema;         /* NULL: the search_path */
+    const char *table;
+    const char *key_column;
+    const char *column;
+    /* A bigint column that every strategy adds 1 to when it changes the
+       row; required by OPTIMISTIC (NULL: none). */
+    const char *version_column;
+    int64_t key;
+    int64_t delta;
+    bool has_floor;             /* refuse a result below floor */
+    int64_t floor;
+    bool has_ceiling;           /* refuse a result above ceiling */
+    int64_t ceiling;
+    pgtx_row_wait wait;         /* LOCK only */
+} pgtx_delta;
+
+typedef struct pgtx_delta_result {
+    bool found;   /* the row was there (and, with SKIP LOCKED, not held) */
+    bool refused; /* the floor or ceiling said no: nothing was changed */
+    /* The value after the change; when refused, the value that was refused
+       (see ATOMIC for how current it is); 0 when not found. */
+    int64_t value;
+} pgtx_delta_result;
+
+/*
+ * Apply `d` inside a pgtx_run() callback with strategy `s`.  Returns OK with
+ * *out filled when the change was made, refused (nothing changed: the
+ * caller decides whether that rolls back) or the row was not found.
+ * Failures, after which the transaction is aborted and the runner rolls it
+ * back (the statuses the engine's retry_on names are retried):
+ *  - INVALID: a bad argument, see pgtx_delta; OPTIMISTIC without
+ *    version_column; SERIALIZABLE in an engine not at PGTX_SERIALIZABLE
+ *    (these leave the transaction as it was); a key that matches several
+ *    rows, or a value or version that is NULL (these fail the transaction,
+ *    since a write may have run);
+ *  - SQL with sqlstate "22003" ("bigint out of range") when column + delta
+ *    does not fit in 64 bits, whatever the strategy (ATOMIC gets it from the
+ *    server, the others from the same check in C);
+ *  - LOCK_NOT_AVAILABLE (NOWAIT, or lock_timeout_ms), STALE, SERIALIZATION,
+ *    DEADLOCK and the rest of pgtx_query()'s statuses.
+ * Statements are sent as pgtx_query() / pgtx_queue() send them (prepared
+ * once per connection and per shape of change).  Round trips below are the
+ * ones this call adds; BEGIN rides with the first, COMMIT is the runner's.
+ * "Queued" writes leave with the transaction's next statement or its COMMIT
+ * (pgtx_queue()), costing no round trip of their own; a failure of one (a
+ * trigger, a CHECK constraint, 40001) is reported there.
+ *
+ * ATOMIC: one statement,
+ *     WITH u AS (UPDATE t SET c = c + delta [, v = v + 1]
+ *                WHERE k = key AND c + delta >= floor AND c + delta <= ceiling
+ *                RETURNING c)
+ *     SELECT (SELECT c FROM u), c FROM t WHERE k = key
+ *   The row lock the UPDATE takes, and PostgreSQL's re-check of the guard on
+ *   the newest row version after waiting for a concurrent writer, make it
+ *   safe at every isolation level.  1 round trip.  A refusal is told from
+ *   an absent row by the statement's own read; when that read (its
+ *   snapshot) shows a value the guard would have admitted, the row changed
+ *   while the UPDATE waited, and a second statement reads the current value
+ *   (READ COMMITTED only; 2 round trips).  Otherwise `value` is the refused
+ *   value as of the statement's snapshot.
+ * LOCK: SELECT c FROM t WHERE k = key FOR NO KEY UPDATE [NOWAIT | SKIP
+ *   LOCKED] (1 round trip), the check in C, then a queued UPDATE of the
+ *   computed value.  The row lock, held to the end of the transaction,
+ *   excludes every other writer of the row between the read and the write;
+ *   FOR NO KEY UPDATE does not block inserts of rows that reference it by a
+ *   foreign key.  A refusal keeps the row locked until the transaction ends.
+ * OPTIMISTIC: SELECT c, v (1 round trip), the check in C, then UPDATE t SET
+ *   c = new, v = v + 1 WHERE k = key AND v = read_v (1 round trip).  A write
+ *   since the read changed the version: 0 rows, PGTX_STALE, retried by the
+ *   runner when its retry_on has PGTX_RETRY_STALE (the default).  No lock
+ *   is held between the two statements.  2 round trips.
+ * SERIALIZABLE: SELECT c (1 round trip), the check in C, then a queued
+ *   UPDATE of the computed value.  Safe only because the engine runs at
+ *   SERIALIZABLE: PostgreSQL fails one of two overlapping read-write
+ *   transactions with 40001 (PGTX_SERIALIZATION, retried by default).
+ * NAIVE (UNSAFE): as SERIALIZABLE at any isolation.  Two transactions that
+ *   read the same value both write their own result: one change is lost,
+ *   and nothing reports it (REPEATABLE READ turns that into 40001).
+ */
+PGTX_API pgtx_status pgtx_delta_apply(pgtx_tx *tx, pgtx_strategy s,
+                                      const pgtx_delta *d,
+                                      pgtx_delta_result *out, pgtx_error *err);
+
 #ifdef __cplusplus
 }
 #endif

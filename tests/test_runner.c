@@ -548,9 +548,12 @@ static void deadlock_is_detected_and_retried(void **state)
     pthread_barrier_destroy(&b);
     assert_int_equal(x.st, PGTX_OK);
     assert_int_equal(y.st, PGTX_OK);
-    assert_int_equal(x.info.attempts + y.info.attempts, 3);
+    /* At least one deadlock; on a slow machine the retry may meet the other
+       transaction again.  Every attempt past the first of each is one. */
+    int attempts = x.info.attempts + y.info.attempts;
+    assert_true(attempts >= 3);
     pgtx_pool_stats_get(pool, &s1);
-    assert_int_equal(s1.retries_deadlock - s0.retries_deadlock, 1);
+    assert_int_equal(s1.retries_deadlock - s0.retries_deadlock, (uint64_t)(attempts - 2));
     /* Both transactions applied exactly once. */
     assert_int_equal(h_scalarf(admin, "SELECT sum(v) FROM %s", tbl), 4);
 }
@@ -644,11 +647,17 @@ static void affected_rows_are_reported(void **state)
 typedef struct opt_ctx {
     pgtx_engine *engine;
     atomic_int failures;
+    pthread_barrier_t read_all; /* every worker's first read, then writes */
 } opt_ctx;
+
+typedef struct opt_worker {
+    opt_ctx *c;
+    bool first; /* its first increment: meets the others after reading */
+} opt_worker;
 
 static pgtx_status optimistic_increment(pgtx_tx *tx, void *p, pgtx_error *err)
 {
-    (void)p;
+    opt_worker *w = p;
     char sql[160];
     snprintf(sql, sizeof sql, "SELECT v, id FROM %s WHERE id = 1", tbl);
     PGresult *r = NULL;
@@ -664,6 +673,12 @@ static pgtx_status optimistic_increment(pgtx_tx *tx, void *p, pgtx_error *err)
     snprintf(next, sizeof next, "%lld", (long long)v + 1);
     snprintf(seen, sizeof seen, "%lld", (long long)v);
     const char *params[] = {next, seen};
+    /* All four read the same version before any writes it: three of those
+       writes must be stale, however the threads are scheduled. */
+    if (w->first) {
+        w->first = false;
+        pthread_barrier_wait(&w->c->read_all);
+    }
     usleep(100); /* let others in between the read and the write */
     snprintf(sql, sizeof sql, "UPDATE %s SET v = $1::int WHERE id = 1 AND v = $2::int", tbl);
     return pgtx_query_expect(tx, sql, 2, params, 1, NULL, err);
@@ -671,10 +686,10 @@ static pgtx_status optimistic_increment(pgtx_tx *tx, void *p, pgtx_error *err)
 
 static void *optimistic_worker(void *p)
 {
-    opt_ctx *c = p;
+    opt_worker *w = p;
     for (int i = 0; i < 50; i++)
-        if (pgtx_run(c->engine, optimistic_increment, NULL, NULL, NULL) != PGTX_OK)
-            atomic_fetch_add(&c->failures, 1);
+        if (pgtx_run(w->c->engine, optimistic_increment, w, NULL, NULL) != PGTX_OK)
+            atomic_fetch_add(&w->c->failures, 1);
     return NULL;
 }
 
@@ -689,18 +704,23 @@ static void optimistic_check_retries_stale_writes(void **state)
     o.retry.budget_ms = 60000;
     opt_ctx c = {.engine = NULL};
     assert_int_equal(pgtx_engine_create(p, &o, &c.engine, NULL), PGTX_OK);
+    pthread_barrier_init(&c.read_all, NULL, 4);
     pthread_t t[4];
-    for (int i = 0; i < 4; i++)
-        pthread_create(&t[i], NULL, optimistic_worker, &c);
+    opt_worker w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (opt_worker){&c, true};
+        pthread_create(&t[i], NULL, optimistic_worker, &w[i]);
+    }
     for (int i = 0; i < 4; i++)
         pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&c.read_all);
     pgtx_pool_stats s;
     pgtx_pool_stats_get(p, &s);
     print_message("optimistic: %llu stale retries for 200 increments\n",
                   (unsigned long long)s.retries_stale);
     assert_int_equal(atomic_load(&c.failures), 0);
     assert_int_equal(h_scalarf(admin, "SELECT v FROM %s WHERE id = 1", tbl), 200);
-    assert_true(s.retries_stale > 0);
+    assert_true(s.retries_stale >= 3);
     pgtx_engine_destroy(c.engine);
     pgtx_pool_destroy(p);
 }

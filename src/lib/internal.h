@@ -125,6 +125,12 @@ int pgtx__socket_timeout_ms(const pgtx_pool *pool);
 /* One round trip made on `conn`'s pool (for the statistics). */
 void pgtx__count_round_trip(pgtx_pool *pool);
 
+/* ---- transactions (tx.c), for the strategies (strategy.c) ---- */
+const pgtx_engine_options *pgtx__tx_options(const pgtx_tx *tx);
+/* Fail the transaction with `e` (as a failed statement does: the runner
+   rolls back whatever the callback returns); copies it to *err. */
+pgtx_status pgtx__tx_fail(pgtx_tx *tx, const pgtx_error *e, pgtx_error *err);
+
 /* ---- engines ---- */
 const pgtx_engine_options *pgtx__engine_options(const pgtx_engine *engine);
 /* SELECT set_config(...) for the engine's timeouts, or NULL when none. */

@@ -187,6 +187,22 @@ pgtx_status pgtx_conninfo_check(const char *conninfo, pgtx_error *err)
     return st;
 }
 
+/* Every condition variable the pool waits on with a deadline measures it
+   on CLOCK_MONOTONIC, like pgtx__now_us(): a step of the wall clock (NTP,
+   an administrator) neither stretches nor cuts a wait. */
+static int monotonic_cond_init(pthread_cond_t *cond)
+{
+    pthread_condattr_t attr;
+    int rc = pthread_condattr_init(&attr);
+    if (rc != 0)
+        return rc;
+    rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    if (rc == 0)
+        rc = pthread_cond_init(cond, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc;
+}
+
 /* Every checkout and return takes the pool's mutex for a few hundred
    nanoseconds.  A plain mutex sends a thread that finds it taken to sleep
    in the kernel and back: with 8 threads on 2 cores, 0.6 futex calls per
@@ -250,7 +266,7 @@ pgtx_status pgtx_pool_create(const pgtx_pool_config *cfg, pgtx_pool **out,
         free(pool);
         return pgtx_fail(err, PGTX_NOMEM, "cannot create the pool's mutex");
     }
-    if (pthread_cond_init(&pool->drained, NULL) != 0) {
+    if (monotonic_cond_init(&pool->drained) != 0) {
         pthread_mutex_destroy(&pool->mu);
         free(pool);
         return pgtx_fail(err, PGTX_NOMEM, "cannot create the pool's condvar");
@@ -433,11 +449,11 @@ double pgtx__random01(void)
     return (double)((state * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
 }
 
-/* A pthread_cond_timedwait deadline (CLOCK_REALTIME) `us` from now. */
-static struct timespec realtime_in(int64_t us)
+/* A pthread_cond_timedwait deadline `us` from now, for the conds above. */
+static struct timespec monotonic_in(int64_t us)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t ns = ts.tv_nsec + (us % 1000000) * 1000;
     ts.tv_sec += (time_t)(us / 1000000 + ns / 1000000000);
     ts.tv_nsec = (long)(ns % 1000000000);
@@ -748,7 +764,7 @@ static bool checkout_wait_locked(pgtx_pool *pool, checkout_state *cs,
         cs->stale = true;
         pool->waits++;
     }
-    struct timespec ts = realtime_in(wait_until_us(pool, now, deadline) - now);
+    struct timespec ts = monotonic_in(wait_until_us(pool, now, deadline) - now);
     pthread_cond_timedwait(&cs->w.cond, &pool->mu, &ts);
     return true;
 }
@@ -789,7 +805,7 @@ static pgtx_status checkout(pgtx_pool *pool, int timeout_ms, bool trust_recent,
     checkout_state cs = {.queued = false, .start_us = pgtx__now_us()};
     int64_t ms = timeout_ms < 0 ? pool->cfg.checkout_timeout_ms : timeout_ms;
     int64_t deadline = cs.start_us + ms * 1000;
-    if (pthread_cond_init(&cs.w.cond, NULL) != 0)
+    if (monotonic_cond_init(&cs.w.cond) != 0)
         return pgtx_fail(err, PGTX_NOMEM, "cannot create a condition variable");
     pgtx_status st;
     for (;;) {
@@ -996,7 +1012,7 @@ pgtx_status pgtx_pool_close(pgtx_pool *pool, int timeout_ms)
         int64_t left = deadline - pgtx__now_us();
         if (left <= 0)
             break;
-        struct timespec ts = realtime_in(left);
+        struct timespec ts = monotonic_in(left);
         pthread_cond_timedwait(&pool->drained, &pool->mu, &ts);
     }
     bool drained = drained_locked(pool);

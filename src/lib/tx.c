@@ -372,6 +372,16 @@ PGconn *pgtx_tx_pg_borrow(pgtx_tx *tx)
 
 int pgtx_tx_attempt(const pgtx_tx *tx) { return tx->attempt; }
 
+const pgtx_engine_options *pgtx__tx_options(const pgtx_tx *tx)
+{
+    return pgtx__engine_options(tx->engine);
+}
+
+pgtx_status pgtx__tx_fail(pgtx_tx *tx, const pgtx_error *e, pgtx_error *err)
+{
+    return tx_fail(tx, e->status, e, err);
+}
+
 pgtx_status pgtx_query_expect(pgtx_tx *tx, const char *sql, int nparams,
                               const char *const *params, int64_t expected,
                               PGresult **out, pgtx_error *err)

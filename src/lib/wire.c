@@ -359,6 +359,13 @@ PGresult *pgtx__wire_take(pgtx_conn *c, const pgtx__sent *how, bool *stale)
             return NULL;
         }
         settle_prepare(c, how->prepared, p);
+        if (PQresultStatus(p) == PGRES_FATAL_ERROR) {
+            /* The server could not prepare it (a syntax error, an unknown
+               table or column) and so skipped its execution: the Parse's
+               error is the statement's. */
+            PQclear(take_one(c));
+            return p;
+        }
         PQclear(p);
     }
     PGresult *r = take_one(c);
