@@ -201,3 +201,39 @@ const char *h_unique(const char *prefix)
     snprintf(buf, sizeof buf, "%s_%d", prefix, (int)getpid());
     return buf;
 }
+
+void h_check_shop_invariants(PGconn *pg, bool naive_lose)
+{
+    assert_int_equal(h_scalar(pg,
+        "SELECT count(*) FROM product p WHERE p.stock"
+        " + coalesce((SELECT sum(quantity) FROM orders o WHERE o.product_id = p.id), 0)"
+        " <> p.initial_stock"
+        " + coalesce((SELECT sum(quantity) FROM restock r WHERE r.product_id = p.id), 0)"), 0);
+    assert_int_equal(h_scalarf(pg,
+        "SELECT count(*) FROM account a WHERE %s (a.balance < 0 OR a.balance <>"
+        " coalesce((SELECT sum(amount) FROM ledger l WHERE l.account_id = a.id), 0))",
+        naive_lose ? "a.name NOT LIKE 'naive-%' AND" : ""), 0);
+    assert_int_equal(h_scalar(pg,
+        "SELECT count(*) FROM coupon c WHERE c.remaining"
+        " + (SELECT count(*) FROM coupon_claim k WHERE k.coupon_id = c.id) <> c.quantity"), 0);
+    assert_int_equal(h_scalar(pg,
+        "SELECT count(*) FROM orders WHERE total <>"
+        " greatest(0, unit_price * quantity - discount)"), 0);
+    assert_int_equal(h_scalar(pg,
+        "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT FROM ledger l"
+        " WHERE l.order_id = o.id AND l.amount = -o.total AND l.kind = 'order')"), 0);
+}
+
+PGconn *h_own_schema(const char *prefix, char *schema, size_t n)
+{
+    snprintf(schema, n, "%s", h_unique(prefix));
+    char app[64];
+    snprintf(app, sizeof app, "%s_side", prefix);
+    PGconn *pg = h_connect(app);
+    h_execf(pg, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", schema, schema);
+    h_execf(pg, "SET search_path TO %s", schema);
+    char opt[128];
+    snprintf(opt, sizeof opt, "-c search_path=%s -c client_min_messages=warning", schema);
+    setenv("PGOPTIONS", opt, 1);
+    return pg;
+}

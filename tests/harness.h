@@ -4,6 +4,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
@@ -53,5 +54,17 @@ void h_run_threads(int n, void *(*fn)(void *), void *base, size_t stride);
 
 /* A name unique to this test process, for tables and application names. */
 const char *h_unique(const char *prefix);
+
+/* A schema of the test's own (named from `prefix`, into schema[n]), made
+   afresh, and a side connection whose search_path is it; PGOPTIONS is set
+   so that every pool made afterwards works in it too, so that the test can
+   share a server with others.  PQfinish the connection. */
+PGconn *h_own_schema(const char *prefix, char *schema, size_t n);
+
+/* pgtx-shop's invariants of API.md, as SQL over its tables in pg's
+   search_path; fails the test on the first one broken.  Accounts named
+   naive-* are left out of the balance check when `naive_lose` (the naive
+   strategy loses updates there on purpose). */
+void h_check_shop_invariants(PGconn *pg, bool naive_lose);
 
 #endif

@@ -737,20 +737,7 @@ static void sweep_orders(void)
 /* API.md's invariants hold whatever was cut short. */
 static void check_invariants(void)
 {
-    assert_int_equal(h_scalar(S.pg,
-        "SELECT count(*) FROM product p WHERE p.stock"
-        " + coalesce((SELECT sum(quantity) FROM orders o WHERE o.product_id = p.id), 0)"
-        " <> p.initial_stock"
-        " + coalesce((SELECT sum(quantity) FROM restock r WHERE r.product_id = p.id), 0)"), 0);
-    assert_int_equal(h_scalar(S.pg,
-        "SELECT count(*) FROM account a WHERE a.balance < 0 OR a.balance <>"
-        " coalesce((SELECT sum(amount) FROM ledger l WHERE l.account_id = a.id), 0)"), 0);
-    assert_int_equal(h_scalar(S.pg,
-        "SELECT count(*) FROM coupon c WHERE c.remaining"
-        " + (SELECT count(*) FROM coupon_claim k WHERE k.coupon_id = c.id) <> c.quantity"), 0);
-    assert_int_equal(h_scalar(S.pg,
-        "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT FROM ledger l"
-        " WHERE l.order_id = o.id AND l.amount = -o.total AND l.kind = 'order')"), 0);
+    h_check_shop_invariants(S.pg, false);
 }
 
 /* The fallback that the out-of-memory case must not take still works: a
@@ -807,15 +794,7 @@ static int setup(void **state)
 {
     (void)state;
     json_set_alloc_funcs(json_alloc, free);
-    snprintf(S.schema, sizeof S.schema, "%s", h_unique("alloc_fail"));
-    S.pg = h_connect("test_alloc_fail_side");
-    h_execf(S.pg, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", S.schema,
-            S.schema);
-    h_execf(S.pg, "SET search_path TO %s", S.schema);
-    char opt[128];
-    snprintf(opt, sizeof opt, "-c search_path=%s -c client_min_messages=warning",
-             S.schema);
-    setenv("PGOPTIONS", opt, 1);
+    S.pg = h_own_schema("alloc_fail", S.schema, sizeof S.schema);
     pgtx_pool_config cfg;
     lib_config(&cfg);
     cfg.pool_size = 2;

@@ -197,24 +197,7 @@ static long long fingerprint(void)
 /* API.md's invariants; accounts named naive-* lost updates on purpose. */
 static void check_invariants(void)
 {
-    assert_int_equal(h_scalar(S.pg,
-        "SELECT count(*) FROM product p WHERE p.stock"
-        " + coalesce((SELECT sum(quantity) FROM orders o WHERE o.product_id = p.id), 0)"
-        " <> p.initial_stock"
-        " + coalesce((SELECT sum(quantity) FROM restock r WHERE r.product_id = p.id), 0)"), 0);
-    assert_int_equal(h_scalar(S.pg,
-        "SELECT count(*) FROM account a WHERE a.name NOT LIKE 'naive-%' AND"
-        " (a.balance < 0 OR a.balance <>"
-        " coalesce((SELECT sum(amount) FROM ledger l WHERE l.account_id = a.id), 0))"), 0);
-    assert_int_equal(h_scalar(S.pg,
-        "SELECT count(*) FROM coupon c WHERE c.remaining"
-        " + (SELECT count(*) FROM coupon_claim k WHERE k.coupon_id = c.id) <> c.quantity"), 0);
-    assert_int_equal(h_scalar(S.pg,
-        "SELECT count(*) FROM orders WHERE total <>"
-        " greatest(0, unit_price * quantity - discount)"), 0);
-    assert_int_equal(h_scalar(S.pg,
-        "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT FROM ledger l"
-        " WHERE l.order_id = o.id AND l.amount = -o.total AND l.kind = 'order')"), 0);
+    h_check_shop_invariants(S.pg, true);
 }
 
 /* ---- set-up ----------------------------------------------------------------------- */
@@ -235,15 +218,7 @@ static shop_app *app_new(pgtx_pool *pool, bool allow_unsafe)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(S.schema, sizeof S.schema, "%s", h_unique("shop_app"));
-    S.pg = h_connect("test_shop_app_side");
-    h_execf(S.pg, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", S.schema,
-            S.schema);
-    h_execf(S.pg, "SET search_path TO %s", S.schema);
-    char opt[128];
-    snprintf(opt, sizeof opt, "-c search_path=%s -c client_min_messages=warning",
-             S.schema);
-    setenv("PGOPTIONS", opt, 1);
+    S.pg = h_own_schema("shop_app", S.schema, sizeof S.schema);
     S.pool = h_pool(8, 40, "test_shop_app");
     return 0;
 }

@@ -1290,6 +1290,39 @@ class ShopTestCase(unittest.TestCase):
         return self.h.check_invariants(**kw)
 
 
+class PairCase(ShopTestCase):
+    """Two processes sharing one port (--reuse-port) and a pool of POOL
+    client threads (`cls.ex`), both the class's.  Subclasses add their own
+    class set-up in setUpPair and their end-of-class checks in tearDownPair,
+    which run before the servers stop."""
+
+    SERVER = False
+    POOL = 8
+
+    @classmethod
+    def setUpServers(cls):
+        cls.pair = cls.h.start_pair(extra=["--reuse-port"])
+        cls.ex = concurrent.futures.ThreadPoolExecutor(cls.POOL)
+        cls.setUpPair()
+
+    @classmethod
+    def setUpPair(cls):
+        """A hook: entities of the class, warming the pool."""
+
+    @classmethod
+    def tearDownPair(cls):
+        """A hook: checks at the end of the class."""
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            if getattr(cls, "ex", None):
+                cls.ex.shutdown()
+            cls.tearDownPair()
+        finally:
+            super().tearDownClass()
+
+
 def main(argv=None):
     """`python3 test_x.py [BINARY] [unittest arguments]`: the binary may be
     given as the first argument instead of $PGTX_SHOP_BINARY."""

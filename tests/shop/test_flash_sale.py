@@ -14,7 +14,6 @@ usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_flash_sale (fro
 """
 
 import collections
-import concurrent.futures
 import os
 import sys
 import time
@@ -32,17 +31,15 @@ THREADS = 100
 REPORT = []  # (strategy, claims/s, retries, seconds): the summary
 
 
-class FlashSale(shoplib.ShopTestCase):
+class FlashSale(shoplib.PairCase):
     """Two processes on one port and 1000 accounts (the class's); one method
     per strategy, each with a coupon and a product of its own."""
 
-    SERVER = False
+    POOL = THREADS
 
     @classmethod
-    def setUpServers(cls):
+    def setUpPair(cls):
         h = cls.h
-        h.start_pair(extra=["--reuse-port"])
-        cls.ex = concurrent.futures.ThreadPoolExecutor(THREADS)
         t0 = time.monotonic()
         cls.accounts = list(cls.ex.map(lambda i: h.create_account(0), range(ACCOUNTS)))
         took = time.monotonic() - t0
@@ -52,16 +49,12 @@ class FlashSale(shoplib.ShopTestCase):
         check(len(set(ids)) == ACCOUNTS, "account ids are not unique")
 
     @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.ex.shutdown()
-            n = cls.h.check_invariants(what="end of the flash sale")
-            shoplib.log("invariants: ok over %d entities" % n)
-            shoplib.log("summary (%d accounts claim a coupon of %d at once):" % (ACCOUNTS, QUANTITY))
-            for s, rate, retries, took in REPORT:
-                shoplib.log("  %-12s %6.0f claims/s  %5d retries  %5.2f s" % (s, rate, retries, took))
-        finally:
-            super().tearDownClass()
+    def tearDownPair(cls):
+        n = cls.h.check_invariants(what="end of the flash sale")
+        shoplib.log("invariants: ok over %d entities" % n)
+        shoplib.log("summary (%d accounts claim a coupon of %d at once):" % (ACCOUNTS, QUANTITY))
+        for s, rate, retries, took in REPORT:
+            shoplib.log("  %-12s %6.0f claims/s  %5d retries  %5.2f s" % (s, rate, retries, took))
 
     def round(self, strategy):
         REPORT.append(flash_round(self.h, self.ex, self.accounts, strategy))

@@ -15,7 +15,6 @@ usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_hot_product (fr
 """
 
 import collections
-import concurrent.futures
 import os
 import sys
 import time
@@ -38,18 +37,16 @@ def is_poor(i):
 REPORT = []  # (strategy, orders/s, retries, seconds, outcome): the summary
 
 
-class HotProduct(shoplib.ShopTestCase):
+class HotProduct(shoplib.PairCase):
     """Two processes on one port and 500 buyers (the class's: each solvent
     one can pay for one order per strategy); one method per strategy, each
     with a product of its own.  The balances are checked at the end."""
 
-    SERVER = False
+    POOL = THREADS
 
     @classmethod
-    def setUpServers(cls):
+    def setUpPair(cls):
         h = cls.h
-        h.start_pair(extra=["--reuse-port"])
-        cls.ex = concurrent.futures.ThreadPoolExecutor(THREADS)
         t0 = time.monotonic()
         cls.accounts = list(cls.ex.map(
             lambda i: h.create_account(PRICE - 1 if is_poor(i) else PRICE * len(STRATEGIES)), range(BUYERS)))
@@ -59,15 +56,7 @@ class HotProduct(shoplib.ShopTestCase):
         cls.spent = collections.Counter()
 
     @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.ex.shutdown()
-            cls.check_balances()
-        finally:
-            super().tearDownClass()
-
-    @classmethod
-    def check_balances(cls):
+    def tearDownPair(cls):
         # every balance: start - what its acknowledged orders cost
         h, start_balance, spent = cls.h, cls.start_balance, cls.spent
         rows = shoplib.sql_json("SELECT id, balance FROM account WHERE id = ANY(%s)"

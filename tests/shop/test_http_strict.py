@@ -188,101 +188,68 @@ class HttpStrict(shoplib.ShopTestCase):
 
     def test_0_control_pair_runs_both(self):
         e = make_env(self)
-        addr = e.addr
-        outer = e.outer
-        victim = e.victim
-        auth = e.auth
-        json_type = e.json_type
-        outer_path = e.outer_path
-        one = e.one
-        smuggled = e.smuggled
-        balances = e.balances
-        # 4 first: correctly written, the same bytes run both requests.
-        before = balances()
-        rs, _ = exchange(addr, request_bytes("POST", outer_path, [auth, json_type, b"Content-Length: %d" % len(one)],
-                                             one) + smuggled, stop_after=2)
+        # correctly written, the same bytes run both requests
+        before = e.balances()
+        rs, _ = exchange(e.addr, e.outer_request([b"Content-Length: %d" % len(e.one)], e.one) + e.smuggled,
+                         stop_after=2)
         check([r.status for r in rs] == [200, 200], lambda: "control: want two 200s, got %r" % rs)
-        after = balances()
-        check(after[outer["id"]] == before[outer["id"]] + 1 and after[victim["id"]] == before[victim["id"]] + 1,
-              "control: balances %r -> %r" % (before, after))
+        after = e.balances()
+        check(after == {i: before[i] + 1 for i in e.ids}, "control: balances %r -> %r" % (before, after))
         shoplib.log("control: a well-formed pair of requests runs both")
         self.h.check_invariants(what="after the strict HTTP checks")
 
     def test_1_refused_header_sections(self):
         e = make_env(self)
-        one = e.one
-        smuggled = e.smuggled
-        refused = e.refused
-        outer_request = e.outer_request
-        cl = len(smuggled)
-        refused("space before the colon", outer_request([b"Content-Length : %d" % cl], smuggled))
-        refused("tab before the colon", outer_request([b"Content-Length\t: %d" % cl], smuggled))
+        cl, one = len(e.smuggled), e.one
+        e.refused("space before the colon", e.outer_request([b"Content-Length : %d" % cl], e.smuggled))
+        e.refused("tab before the colon", e.outer_request([b"Content-Length\t: %d" % cl], e.smuggled))
         for what, value in (("SOH", b"a\x01b"), ("DEL", b"a\x7fb"), ("bare CR", b"a\rb")):
-            refused("%s in a header value" % what,
-                    outer_request([b"X-Note: " + value, b"Content-Length: %d" % len(one)], one + smuggled))
-        refused("two Authorization headers",
-                outer_request([b"Authorization: Bearer not-the-token", b"Content-Length: %d" % len(one)],
-                              one + smuggled))
+            e.refused("%s in a header value" % what,
+                      e.outer_request([b"X-Note: " + value, b"Content-Length: %d" % len(one)], one + e.smuggled))
+        e.refused("two Authorization headers",
+                  e.outer_request([b"Authorization: Bearer not-the-token", b"Content-Length: %d" % len(one)],
+                                  one + e.smuggled))
         self.h.check_invariants(what="after the strict HTTP checks")
 
     def test_2_nul_in_json_body(self):
-        e = make_env(self)
-        soft = e.soft
-        nul_in_body = e.nul_in_body
-        soft("NUL in the body", nul_in_body)
+        make_env(self).nul_in_body()
         self.h.check_invariants(what="after the strict HTTP checks")
 
     def test_3_too_large_body_read_by_client(self):
         e = make_env(self)
-        soft = e.soft
-        big = e.big
-        too_large = e.too_large
-        soft("10 MB body", lambda: too_large("10 MB body with Content-Length", body=big))
-        soft("10 MB chunked", lambda: too_large(
-            "10 MB chunked body", body=iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
+        e.soft("10 MB body", lambda: e.too_large("10 MB body with Content-Length", body=e.big))
+        e.soft("10 MB chunked", lambda: e.too_large(
+            "10 MB chunked body", body=iter([e.big[i:i + 65536] for i in range(0, len(e.big), 65536)]),
             encode_chunked=True))
         self.h.check_invariants(what="after the strict HTTP checks")
 
     def test_4_declared_32mib_headers_only(self):
         e = make_env(self)
-        addr = e.addr
-        outer_path = e.outer_path
-        outer_request = e.outer_request
         # past the drain bound: answered from the headers alone
-        rs, closed = exchange(addr, outer_request([b"Content-Length: %d" % (32 * 1024 * 1024)]))
+        rs, closed = exchange(e.addr, e.outer_request([b"Content-Length: %d" % (32 * 1024 * 1024)]))
         check(len(rs) == 1 and rs[0].status == 413 and rs[0].error_code == "body_too_large" and closed,
               lambda: "32 MiB declared, nothing sent: want 413 and close, got %r closed=%s" % (rs, closed))
-        shoplib.check_openapi("POST", outer_path, rs[0])
+        shoplib.check_openapi("POST", e.outer_path, rs[0])
         shoplib.log("32 MiB declared, headers only: 413 at once, closed")
         self.h.check_invariants(what="after the strict HTTP checks")
 
     def test_5_known_gaps_logged(self):
         e = make_env(self)
-        addr = e.addr
-        ids = e.ids
-        auth = e.auth
-        json_type = e.json_type
-        outer_path = e.outer_path
-        one = e.one
-        smuggled = e.smuggled
-        balances = e.balances
-        outer_request = e.outer_request
-        # 5. not refused by libmicrohttpd 0.9.75 (logged, not asserted)
+        one, length = e.one, b"Content-Length: %d" % len(e.one)
+        # not refused by libmicrohttpd 0.9.75 (logged, not asserted)
         gaps = (
-            ("bare LF line endings", request_bytes("POST", outer_path,
-                                                   [auth, json_type, b"Content-Length: %d" % len(one)],
-                                                   one, eol=b"\n") + smuggled),
-            ("LF-only chunk lines", outer_request([b"Transfer-Encoding: chunked"],
-                                                  b"%x\n%s\n0\n\n" % (len(one), one) + smuggled)),
-            ("NUL in a header value", outer_request([b"X-Note: a\x00b", b"Content-Length: %d" % len(one)],
-                                                    one + smuggled)),
+            ("bare LF line endings", request_bytes("POST", e.outer_path, [e.auth, e.json_type, length],
+                                                   one, eol=b"\n") + e.smuggled),
+            ("LF-only chunk lines", e.outer_request([b"Transfer-Encoding: chunked"],
+                                                    b"%x\n%s\n0\n\n" % (len(one), one) + e.smuggled)),
+            ("NUL in a header value", e.outer_request([b"X-Note: a\x00b", length], one + e.smuggled)),
         )
         for name, data in gaps:
-            before = balances()
-            rs, closed = exchange(addr, data, stop_after=2)
-            after = balances()
+            before = e.balances()
+            rs, closed = exchange(e.addr, data, stop_after=2)
+            after = e.balances()
             shoplib.log("known gap, %-24s answers %s, closed=%s, balance deltas %s" % (
-                name, [r.status for r in rs], closed, [after[i] - before[i] for i in ids]))
+                name, [r.status for r in rs], closed, [after[i] - before[i] for i in e.ids]))
         self.h.check_invariants(what="after the strict HTTP checks")
 
 

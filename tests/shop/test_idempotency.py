@@ -14,7 +14,6 @@ usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_idempotency (fr
 """
 
 import collections
-import concurrent.futures
 import os
 import sys
 import threading
@@ -32,36 +31,30 @@ PRICE = 7
 FIRST_201 = collections.Counter()  # (strategy, 201s in a round) -> rounds: the summary
 
 
-class Idempotency(shoplib.ShopTestCase):
+class Idempotency(shoplib.PairCase):
     """Two processes on one port, a pool of CLIENTS threads (the class's);
     per strategy one method of same-key rounds and one of mixed bodies, each
     round with an account and a product of its own."""
 
-    SERVER = False
+    POOL = CLIENTS
 
     @classmethod
-    def setUpServers(cls):
+    def setUpPair(cls):
         h = cls.h
-        h.start_pair(extra=["--reuse-port"])
-        cls.ex = concurrent.futures.ThreadPoolExecutor(CLIENTS)
         # each pool thread opens its keep-alive connection first, so that the
         # rounds' requests leave together
         warm = at_once(cls.ex, lambda i: h.client().request("GET", "/healthz"), CLIENTS)
         check(all(r.status == 200 for r in warm), lambda: "GET /healthz: %s" % warm)
 
     @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.ex.shutdown()
-            n = cls.h.check_invariants(what="end of test_idempotency")
-            shoplib.log("invariants: ok over %d entities" % n)
-            shoplib.log("summary: %d same-key rounds x %d clients per strategy; 201s per round:"
-                        % (REPEATS, CLIENTS))
-            for s in STRATEGIES:
-                shoplib.log("  %-12s %s" % (s, ", ".join("%d x %d" % (FIRST_201[(s, k)], k)
-                                                           for k in sorted({k for (t, k) in FIRST_201 if t == s}))))
-        finally:
-            super().tearDownClass()
+    def tearDownPair(cls):
+        n = cls.h.check_invariants(what="end of test_idempotency")
+        shoplib.log("invariants: ok over %d entities" % n)
+        shoplib.log("summary: %d same-key rounds x %d clients per strategy; 201s per round:"
+                    % (REPEATS, CLIENTS))
+        for s in STRATEGIES:
+            shoplib.log("  %-12s %s" % (s, ", ".join("%d x %d" % (FIRST_201[(s, k)], k)
+                                                       for k in sorted({k for (t, k) in FIRST_201 if t == s}))))
 
     def same_key(self, s):
         for rep in range(REPEATS):
