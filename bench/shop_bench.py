@@ -741,7 +741,8 @@ def report_text(meta, rows):
         "operation in the database exactly once.",
         "pgtx-shop runs with its defaults (strategy atomic, 4 x cores worker "
         "threads, at least 8): it runs at most that many transactions at once "
-        "whatever the clients, where pgbench runs one per client.",
+        "whatever the clients, and at most 2 writes of one row, where pgbench "
+        "runs one per client.",
     ]
     extra = notes(rows)
     if extra:
