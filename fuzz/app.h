@@ -22,7 +22,7 @@ static inline shop_app *fuzz_app(void)
         app = calloc(1, sizeof *app);
         if (app == NULL || !auth_init(app, FUZZ_ADMIN_TOKEN))
             abort();
-        app->default_strategy = SHOP_ATOMIC;
+        app->default_strategy = PGTX_STRATEGY_ATOMIC;
     }
     return app;
 }

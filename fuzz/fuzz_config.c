@@ -44,8 +44,8 @@ static void check(const shop_config *cfg, const shop_process_config *proc)
               cfg->pool_timeout_ms >= 1 && cfg->db_timeout_ms >= 0 &&
               cfg->listen_host != NULL && cfg->listen_port >= 0 &&
               cfg->listen_port <= 65535 && cfg->max_body > 0 &&
-              (unsigned)cfg->strategy < SHOP_STRATEGY_COUNT &&
-              (cfg->strategy != SHOP_NAIVE || cfg->allow_unsafe) &&
+              (unsigned)cfg->strategy < PGTX_STRATEGY_COUNT &&
+              (cfg->strategy != PGTX_STRATEGY_NAIVE || cfg->allow_unsafe) &&
               proc->max_connections >= 0 && proc->max_connections_per_ip >= 0;
     if (!ok) {
         fprintf(stderr, "shop_config_parse accepted an inconsistent configuration\n");

@@ -349,7 +349,7 @@ static void test_library(void **state)
 static void app_config(shop_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    cfg->strategy = SHOP_ATOMIC;
+    cfg->strategy = PGTX_STRATEGY_ATOMIC;
     cfg->allow_unsafe = true; /* for the naive strategy's order */
     cfg->lock_timeout_ms = 5000;
 }

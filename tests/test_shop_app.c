@@ -206,7 +206,7 @@ static shop_app *app_new(pgtx_pool *pool, bool allow_unsafe)
 {
     shop_config cfg;
     memset(&cfg, 0, sizeof cfg);
-    cfg.strategy = SHOP_ATOMIC;
+    cfg.strategy = PGTX_STRATEGY_ATOMIC;
     cfg.allow_unsafe = allow_unsafe;
     shop_app *app = NULL;
     pgtx_error err;
@@ -279,15 +279,15 @@ static void test_migrate_concurrently(void **state)
 static void test_strategy_names(void **state)
 {
     (void)state;
-    for (int i = 0; i < SHOP_STRATEGY_COUNT; i++) {
-        shop_strategy s;
-        assert_true(shop_strategy_parse(shop_strategy_name((shop_strategy)i), &s));
+    for (int i = 0; i < PGTX_STRATEGY_COUNT; i++) {
+        pgtx_strategy s;
+        assert_true(pgtx_strategy_parse(pgtx_strategy_name((pgtx_strategy)i), &s));
         assert_int_equal(s, i);
     }
-    shop_strategy s;
-    assert_false(shop_strategy_parse("ATOMIC", &s));
-    assert_false(shop_strategy_parse("", &s));
-    assert_false(shop_strategy_parse(NULL, &s));
+    pgtx_strategy s;
+    assert_false(pgtx_strategy_parse("ATOMIC", &s));
+    assert_false(pgtx_strategy_parse("", &s));
+    assert_false(pgtx_strategy_parse(NULL, &s));
 }
 
 static void test_routing(void **state)

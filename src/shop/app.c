@@ -5,26 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- strategies -------------------------------------------------------------- */
-
-static const char *const STRATEGY_NAMES[SHOP_STRATEGY_COUNT] = {
-    "atomic", "lock", "optimistic", "serializable", "naive"};
-
-const char *shop_strategy_name(shop_strategy s)
-{
-    return (unsigned)s < SHOP_STRATEGY_COUNT ? STRATEGY_NAMES[s] : "unknown";
-}
-
-bool shop_strategy_parse(const char *name, shop_strategy *out)
-{
-    for (int i = 0; name && i < SHOP_STRATEGY_COUNT; i++)
-        if (strcmp(name, STRATEGY_NAMES[i]) == 0) {
-            *out = (shop_strategy)i;
-            return true;
-        }
-    return false;
-}
-
 /* ---- routes ------------------------------------------------------------------ */
 
 typedef enum shop_access {
@@ -213,19 +193,19 @@ static bool choose_strategy(shop_ctx *ctx)
 {
     const char *h = ctx->req->strategy;
     ctx->strategy = ctx->app->default_strategy;
-    if (h && !shop_strategy_parse(h, &ctx->strategy)) {
+    if (h && !pgtx_strategy_parse(h, &ctx->strategy)) {
         reply_error(ctx->res, 400, "invalid_strategy",
                     "Pgtx-Strategy must be one of atomic, lock, optimistic, "
                     "serializable");
         return false;
     }
-    if (ctx->strategy == SHOP_NAIVE && !ctx->app->allow_unsafe) {
+    if (ctx->strategy == PGTX_STRATEGY_NAIVE && !ctx->app->allow_unsafe) {
         reply_error(ctx->res, 400, "unsafe_strategy_disabled",
                     "the naive strategy loses updates; the server must be "
                     "started with --allow-unsafe to accept it");
         return false;
     }
-    ctx->res->strategy = shop_strategy_name(ctx->strategy);
+    ctx->res->strategy = pgtx_strategy_name(ctx->strategy);
     return true;
 }
 
@@ -259,7 +239,7 @@ pgtx_status shop_app_create(pgtx_pool *pool, shop_metrics *metrics,
                             shop_app **out, pgtx_error *err)
 {
     if (pool == NULL || cfg == NULL || out == NULL ||
-        (unsigned)cfg->strategy >= SHOP_STRATEGY_COUNT)
+        (unsigned)cfg->strategy >= PGTX_STRATEGY_COUNT)
         return pgtx_fail(err, PGTX_INVALID, "pool, config and out are required");
     shop_app *app = calloc(1, sizeof *app);
     if (app == NULL)

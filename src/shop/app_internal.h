@@ -42,7 +42,7 @@ struct shop_app {
     pgtx_engine *writer;        /* owned: READ COMMITTED */
     pgtx_engine *serializable;  /* owned: SERIALIZABLE, for that strategy */
     pgtx_engine *reader;        /* owned: READ COMMITTED, READ ONLY */
-    shop_strategy default_strategy;
+    pgtx_strategy default_strategy;
     bool allow_unsafe;
     bool has_admin;             /* false: no admin token, admin routes 401 */
     unsigned char admin_hash[SHOP_HASH_BYTES];
@@ -64,7 +64,7 @@ typedef struct shop_ctx {
     int64_t id;                /* the path's {id}; 0 when it has none */
     shop_role role;
     int64_t account_id;        /* SHOP_ROLE_ACCOUNT: whose token it is */
-    shop_strategy strategy;    /* write routes: the request's strategy */
+    pgtx_strategy strategy;    /* write routes: the request's strategy */
     bool write;                /* a write route: reports retries, metrics */
 } shop_ctx;
 
@@ -246,7 +246,7 @@ typedef enum counter_result {
 /* Queues the read of a read-modify-write strategy (`lock` takes the row
    lock); *out gets it when the round is read (pgtx_flush). */
 pgtx_status counter_queue_read(pgtx_tx *tx, const counter_sql *sql,
-                               shop_strategy s, const char *id, PGresult **out,
+                               pgtx_strategy s, const char *id, PGresult **out,
                                pgtx_error *err);
 /* That read plus `delta`: MISSING (no row), FLOOR (below 0), OVERFLOW, or
    DONE with the new value in *next and the version read in *version. */
@@ -256,11 +256,11 @@ counter_result counter_next(const PGresult *read, int64_t delta, int64_t *next,
    with COMMIT in one round trip; except optimistic's, which must see its
    version check hold before COMMIT: sent now, and no row back is STALE
    (the runner retries).  `sql` returns a row when it wrote. */
-pgtx_status rmw_write(pgtx_tx *tx, shop_strategy s, const char *sql, int n,
+pgtx_status rmw_write(pgtx_tx *tx, pgtx_strategy s, const char *sql, int n,
                       const char *const *params, PGresult **out, pgtx_error *err);
 /* The version a read-modify-write write checks: the one read for
    optimistic, NULL (no check) for the others. */
-const char *rmw_version(shop_strategy s, const shop_num *version);
+const char *rmw_version(pgtx_strategy s, const shop_num *version);
 
 /* A counter that did not change (not DONE) as the fault to answer:
    MISSING 404, OVERFLOW 422 (f->overflow names what), FLOOR 409 with

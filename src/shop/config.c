@@ -213,7 +213,7 @@ static void config_defaults(shop_config *cfg)
         .pool_timeout_ms = 2000,
         .db_timeout_ms = 15000,
         .lock_timeout_ms = 1000,
-        .strategy = SHOP_ATOMIC,
+        .strategy = PGTX_STRATEGY_ATOMIC,
         .allow_unsafe = false,
         .log_level = SHOP_LOG_INFO,
         .max_body = 65536,
@@ -393,9 +393,9 @@ static bool parse_level(origin o, const char *s, shop_log_level *out)
     return bad(o, s, "is not one of error, warn, info, debug");
 }
 
-static bool parse_strategy(origin o, const char *s, shop_strategy *out)
+static bool parse_strategy(origin o, const char *s, pgtx_strategy *out)
 {
-    if (!shop_strategy_parse(s, out))
+    if (!pgtx_strategy_parse(s, out))
         return bad(o, s,
                    "is not one of atomic, lock, optimistic, serializable, naive");
     return true;
@@ -543,7 +543,7 @@ static bool wants_help(int argc, char **argv)
 
 static bool check_combination(const shop_config *cfg)
 {
-    if (cfg->strategy == SHOP_NAIVE && !cfg->allow_unsafe) {
+    if (cfg->strategy == PGTX_STRATEGY_NAIVE && !cfg->allow_unsafe) {
         fprintf(stderr, "pgtx-shop: --strategy naive loses updates and needs "
                         "--allow-unsafe\n");
         return false;

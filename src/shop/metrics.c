@@ -36,7 +36,7 @@ struct shop_metrics {
     pthread_mutex_t mu; /* guards routes */
     route_stats *routes; /* owned, nroutes used, cap allocated */
     size_t nroutes, cap;
-    tx_stats tx[SHOP_STRATEGY_COUNT]; /* atomics: the hot path takes no lock */
+    tx_stats tx[PGTX_STRATEGY_COUNT]; /* atomics: the hot path takes no lock */
     _Atomic uint64_t auth_lookups, auth_cached; /* account tokens checked */
     /* connections opened per second, between two scrapes at least a
        second apart (guarded by mu) */
@@ -70,10 +70,10 @@ void shop_metrics_destroy(shop_metrics *m)
     free(m);
 }
 
-void shop_metrics_tx(shop_metrics *m, shop_strategy s, shop_tx_outcome o,
+void shop_metrics_tx(shop_metrics *m, pgtx_strategy s, shop_tx_outcome o,
                      int retries)
 {
-    if (m == NULL || (int)s < 0 || s >= SHOP_STRATEGY_COUNT)
+    if (m == NULL || (int)s < 0 || s >= PGTX_STRATEGY_COUNT)
         return;
     tx_stats *t = &m->tx[s];
     atomic_fetch_add(o == SHOP_TX_COMMITTED ? &t->committed : &t->failed, 1);
@@ -220,8 +220,8 @@ static void render_tx(FILE *f, shop_metrics *m)
 {
     header(f, "transactions_total", "counter",
            "Transactions run by handlers, by strategy and outcome.");
-    for (int s = 0; s < SHOP_STRATEGY_COUNT; s++) {
-        const char *name = shop_strategy_name((shop_strategy)s);
+    for (int s = 0; s < PGTX_STRATEGY_COUNT; s++) {
+        const char *name = pgtx_strategy_name((pgtx_strategy)s);
         fprintf(f, "pgtx_shop_transactions_total{strategy=\"%s\",outcome=\"committed\"} %llu\n",
                 name, (unsigned long long)atomic_load(&m->tx[s].committed));
         fprintf(f, "pgtx_shop_transactions_total{strategy=\"%s\",outcome=\"failed\"} %llu\n",
@@ -229,9 +229,9 @@ static void render_tx(FILE *f, shop_metrics *m)
     }
     header(f, "transaction_retries_total", "counter",
            "Transaction attempts beyond the first, by strategy.");
-    for (int s = 0; s < SHOP_STRATEGY_COUNT; s++)
+    for (int s = 0; s < PGTX_STRATEGY_COUNT; s++)
         fprintf(f, "pgtx_shop_transaction_retries_total{strategy=\"%s\"} %llu\n",
-                shop_strategy_name((shop_strategy)s),
+                pgtx_strategy_name((pgtx_strategy)s),
                 (unsigned long long)atomic_load(&m->tx[s].retries));
 }
 

@@ -46,7 +46,7 @@ void coupons_get(shop_ctx *ctx)
 
 typedef struct claim_arg {
     int64_t coupon, account;
-    shop_strategy strategy;
+    pgtx_strategy strategy;
     PGresult *coupon_row;   /* read: remaining, version */
     PGresult *facts;        /* read: account exists, already claimed */
     PGresult *claimed;      /* out: the claim row's coupon_id, when written */
@@ -136,7 +136,7 @@ static pgtx_status claim_tx(pgtx_tx *tx, void *p, pgtx_error *err)
     shop_num coupon = num_of(a->coupon), account = num_of(a->account);
     const char *params[2] = {coupon.s, account.s};
     int64_t next = 0, version = 0;
-    if (a->strategy == SHOP_ATOMIC) { /* with BEGIN and COMMIT: one round trip */
+    if (a->strategy == PGTX_STRATEGY_ATOMIC) { /* with BEGIN and COMMIT: one round trip */
         claim_reset(a);
         return pgtx_queue(tx, CLAIM_ATOMIC_SQL, 2, params, &a->claimed, err);
     }

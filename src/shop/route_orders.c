@@ -58,7 +58,7 @@ typedef struct order_arg {
     const char *key;                      /* Idempotency-Key or NULL; borrowed */
     char hash[SHOP_BYTEA_HEX_LEN + 1];    /* the request's hash, with a key */
     shop_num account_s, product_s, quantity_s, coupon_s;
-    shop_strategy strategy;
+    pgtx_strategy strategy;
     /* what the last attempt did */
     order_reads reads;
     PGresult *row;  /* the order (ORDER_COLUMNS first), owned */
@@ -102,7 +102,7 @@ static const char FIND_KEY_SQL[] =
    (with BEGIN, when they come first). */
 static pgtx_status order_read(pgtx_tx *tx, order_arg *a, pgtx_error *err)
 {
-    bool lock = a->strategy == SHOP_LOCK;
+    bool lock = a->strategy == PGTX_STRATEGY_LOCK;
     const char *kp[3] = {a->account_s.s, a->key, a->hash};
     const char *cp[2] = {a->coupon_s.s, a->account_s.s};
     const char *pp[1] = {a->product_s.s};
@@ -288,7 +288,7 @@ static pgtx_status order_write(pgtx_tx *tx, order_arg *a, const order_plan *q,
                          rmw_version(a->strategy, &av)};
     pgtx_status st = rmw_write(tx, a->strategy, ORDER_SET_SQL, 13, p, &a->row, err);
     /* optimistic: a version check that failed (a NOT NULL here) is STALE */
-    if (a->strategy == SHOP_OPTIMISTIC && st == PGTX_CONSTRAINT &&
+    if (a->strategy == PGTX_STRATEGY_OPTIMISTIC && st == PGTX_CONSTRAINT &&
         err && strcmp(err->sqlstate, "23502") == 0)
         return pgtx_fail(err, PGTX_STALE, "the order's rows changed since they were read");
     return st;
@@ -299,7 +299,7 @@ static pgtx_status order_tx(pgtx_tx *tx, void *p, pgtx_error *err)
     order_arg *a = p;
     order_plan plan;
     order_reset(a);
-    if (a->strategy == SHOP_ATOMIC) {
+    if (a->strategy == PGTX_STRATEGY_ATOMIC) {
         /* one statement, sent with BEGIN and COMMIT: one round trip */
         const char *params[6] = {a->account_s.s, a->product_s.s, a->quantity_s.s,
                                  coupon_param(a), a->key, a->key ? a->hash : NULL};

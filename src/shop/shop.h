@@ -27,21 +27,8 @@
 
 #include "pgtx.h"
 
-/* ---- write strategies -------------------------------------------------- */
-
-typedef enum shop_strategy {
-    SHOP_ATOMIC,
-    SHOP_LOCK,
-    SHOP_OPTIMISTIC,
-    SHOP_SERIALIZABLE,
-    SHOP_NAIVE, /* unsafe, only with --allow-unsafe */
-    SHOP_STRATEGY_COUNT
-} shop_strategy;
-
-/* "atomic", ...; static. */
-const char *shop_strategy_name(shop_strategy s);
-/* Parses a strategy name (exact, lower case); false when unknown. */
-bool shop_strategy_parse(const char *name, shop_strategy *out);
+/* Write strategies are libpgtx's (pgtx_strategy in pgtx.h): one enum and
+   one name table for the service, the race lab and the library. */
 
 /* ---- configuration (config.c) ------------------------------------------ */
 
@@ -67,7 +54,7 @@ typedef struct shop_config {
     int pool_timeout_ms;      /* checkout timeout -> 503 overloaded */
     int db_timeout_ms;        /* socket timeout: no answer -> 503; 0: none */
     int lock_timeout_ms;      /* SET LOCAL lock_timeout per write; 0: none */
-    shop_strategy strategy;   /* default write strategy */
+    pgtx_strategy strategy;   /* default write strategy */
     bool allow_unsafe;        /* accept naive */
     shop_log_level log_level;
     size_t max_body;          /* bytes, then 413 */
@@ -84,7 +71,7 @@ typedef enum shop_tx_outcome {
 
 /* One transaction run by a handler: its strategy, outcome and retries
    (attempts - 1). */
-void shop_metrics_tx(shop_metrics *m, shop_strategy s, shop_tx_outcome o,
+void shop_metrics_tx(shop_metrics *m, pgtx_strategy s, shop_tx_outcome o,
                      int retries);
 
 /* One account token checked: `cached` when the cache of lookups answered,

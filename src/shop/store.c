@@ -19,7 +19,7 @@ shop_num num_of(int64_t v)
 
 pgtx_engine *engine_for(const shop_ctx *ctx)
 {
-    return ctx->strategy == SHOP_SERIALIZABLE ? ctx->app->serializable
+    return ctx->strategy == PGTX_STRATEGY_SERIALIZABLE ? ctx->app->serializable
                                               : ctx->app->writer;
 }
 
@@ -176,10 +176,10 @@ const counter_sql COUNTER_STOCK = COUNTER("product", "product", "stock");
 const counter_sql COUNTER_REMAINING = COUNTER("coupon", "coupon", "remaining");
 
 pgtx_status counter_queue_read(pgtx_tx *tx, const counter_sql *sql,
-                               shop_strategy s, const char *id, PGresult **out,
+                               pgtx_strategy s, const char *id, PGresult **out,
                                pgtx_error *err)
 {
-    return pgtx_queue(tx, s == SHOP_LOCK ? sql->lock : sql->read, 1, &id, out, err);
+    return pgtx_queue(tx, s == PGTX_STRATEGY_LOCK ? sql->lock : sql->read, 1, &id, out, err);
 }
 
 counter_result counter_next(const PGresult *read, int64_t delta, int64_t *next,
@@ -196,17 +196,17 @@ counter_result counter_next(const PGresult *read, int64_t delta, int64_t *next,
     return *next < 0 ? COUNTER_FLOOR : COUNTER_DONE;
 }
 
-pgtx_status rmw_write(pgtx_tx *tx, shop_strategy s, const char *sql, int n,
+pgtx_status rmw_write(pgtx_tx *tx, pgtx_strategy s, const char *sql, int n,
                       const char *const *params, PGresult **out, pgtx_error *err)
 {
-    if (s != SHOP_OPTIMISTIC)
+    if (s != PGTX_STRATEGY_OPTIMISTIC)
         return pgtx_queue(tx, sql, n, params, out, err);
     return pgtx_query_expect(tx, sql, n, params, 1, out, err);
 }
 
-const char *rmw_version(shop_strategy s, const shop_num *version)
+const char *rmw_version(pgtx_strategy s, const shop_num *version)
 {
-    return s == SHOP_OPTIMISTIC ? version->s : NULL;
+    return s == PGTX_STRATEGY_OPTIMISTIC ? version->s : NULL;
 }
 
 pgtx_status counter_fault(shop_fault *f, pgtx_error *err, const counter_sql *sql,
@@ -257,7 +257,7 @@ void bytea_hex(const unsigned char hash[SHOP_HASH_BYTES],
 typedef struct bump_arg {
     const shop_bump *bump;
     int64_t id, delta;
-    shop_strategy strategy;
+    pgtx_strategy strategy;
     PGresult *read;  /* the read-modify-write strategies' read, owned */
     PGresult *row;   /* out, owned: the row after the change */
     shop_fault fault;
@@ -291,7 +291,7 @@ static pgtx_status bump_tx(pgtx_tx *tx, void *p, pgtx_error *err)
     fault_reset(&a->fault);
     a->fault.overflow = a->bump->overflow;
     shop_num id = num_of(a->id), delta = num_of(a->delta);
-    if (a->strategy != SHOP_ATOMIC)
+    if (a->strategy != PGTX_STRATEGY_ATOMIC)
         return bump_rmw(tx, a, &id, &delta, err);
     /* one statement, sent with BEGIN and COMMIT: one round trip */
     const char *params[2] = {id.s, delta.s};
