@@ -85,22 +85,35 @@ int pgtx__wire_send_deallocs(pgtx_conn *conn);
 bool pgtx__wire_take_deallocs(pgtx_conn *conn, int n);
 
 /* ---- pool internals used by the runner ---- */
+
+/*
+ * The statuses the runner may retry, each with the PGTX_RETRY_* bit that
+ * allows it and the pgtx_pool_stats counter of its retries (retries_NAME).
+ * The runner's choice, its counting and the statistics are all generated
+ * from this one list: a status is retried and counted under its own name,
+ * or neither (a status once fell through to retries_connection).
+ */
+#define PGTX__RETRY_MAP(X)                                                  \
+    X(SERIALIZATION, PGTX_RETRY_SERIALIZATION, serialization)               \
+    X(DEADLOCK, PGTX_RETRY_DEADLOCK, deadlock)                              \
+    X(STALE, PGTX_RETRY_STALE, stale)                                       \
+    X(CONNECTION_LOST, PGTX_RETRY_CONNECTION, connection)                   \
+    X(PREPARED_STALE, PGTX_RETRY_PREPARED, prepared)                        \
+    X(LOCK_NOT_AVAILABLE, PGTX_RETRY_LOCK_NOT_AVAILABLE, lock_not_available)
+
 /* Counters the runner bumps; atomics so that no lock is taken for them. */
 typedef struct pgtx__tx_counters {
     atomic_uint_fast64_t round_trips;
     atomic_uint_fast64_t commits;
     atomic_uint_fast64_t rollbacks;
-    atomic_uint_fast64_t retries_serialization;
-    atomic_uint_fast64_t retries_deadlock;
-    atomic_uint_fast64_t retries_stale;
-    atomic_uint_fast64_t retries_connection;
     atomic_uint_fast64_t commit_unknown;
     atomic_uint_fast64_t socket_timeouts;
     atomic_uint_fast64_t stmt_hits;
     atomic_uint_fast64_t stmt_prepares;
     atomic_uint_fast64_t stmt_evictions;
-    atomic_uint_fast64_t retries_prepared;
-    atomic_uint_fast64_t retries_lock_not_available;
+#define PGTX__X_RETRY_COUNTER(status, bit, name) atomic_uint_fast64_t retries_##name;
+    PGTX__RETRY_MAP(PGTX__X_RETRY_COUNTER)
+#undef PGTX__X_RETRY_COUNTER
 } pgtx__tx_counters;
 
 pgtx__tx_counters *pgtx__pool_counters(pgtx_pool *pool);

@@ -1066,15 +1066,12 @@ void pgtx_pool_stats_get(pgtx_pool *pool, pgtx_pool_stats *s)
     s->round_trips = load(&pool->tx.round_trips);
     s->commits = load(&pool->tx.commits);
     s->rollbacks = load(&pool->tx.rollbacks);
-    s->retries_serialization = load(&pool->tx.retries_serialization);
-    s->retries_deadlock = load(&pool->tx.retries_deadlock);
-    s->retries_stale = load(&pool->tx.retries_stale);
-    s->retries_connection = load(&pool->tx.retries_connection);
+#define PGTX__X_RETRY_STAT(status, bit, name) s->retries_##name = load(&pool->tx.retries_##name);
+    PGTX__RETRY_MAP(PGTX__X_RETRY_STAT)
+#undef PGTX__X_RETRY_STAT
     s->commit_unknown = load(&pool->tx.commit_unknown);
     s->socket_timeouts = load(&pool->tx.socket_timeouts);
     s->stmt_hits = load(&pool->tx.stmt_hits);
     s->stmt_prepares = load(&pool->tx.stmt_prepares);
     s->stmt_evictions = load(&pool->tx.stmt_evictions);
-    s->retries_prepared = load(&pool->tx.retries_prepared);
-    s->retries_lock_not_available = load(&pool->tx.retries_lock_not_available);
 }

@@ -509,39 +509,32 @@ static pgtx_status run_attempt(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
     return st;
 }
 
+/* The PGTX_RETRY_* bit that allows retrying st; 0: never retried. */
 static unsigned retry_bit(pgtx_status st)
 {
     switch (st) {
-    case PGTX_SERIALIZATION:
-        return PGTX_RETRY_SERIALIZATION;
-    case PGTX_DEADLOCK:
-        return PGTX_RETRY_DEADLOCK;
-    case PGTX_STALE:
-        return PGTX_RETRY_STALE;
-    case PGTX_CONNECTION_LOST:
-        return PGTX_RETRY_CONNECTION;
-    case PGTX_LOCK_NOT_AVAILABLE:
-        return PGTX_RETRY_LOCK_NOT_AVAILABLE;
-    case PGTX_PREPARED_STALE:
-        return PGTX_RETRY_PREPARED;
+#define PGTX__X_RETRY_BIT(status, bit, name) case PGTX_##status: return bit;
+        PGTX__RETRY_MAP(PGTX__X_RETRY_BIT)
+#undef PGTX__X_RETRY_BIT
     default:
         return 0;
     }
 }
 
+/* Only for a status retry_bit allowed: each has its own counter. */
 static void count_retry(pgtx_pool *pool, pgtx_status st)
 {
     pgtx__tx_counters *k = pgtx__pool_counters(pool);
-    atomic_uint_fast64_t *c = NULL;
     switch (st) {
-    case PGTX_SERIALIZATION: c = &k->retries_serialization; break;
-    case PGTX_DEADLOCK: c = &k->retries_deadlock; break;
-    case PGTX_STALE: c = &k->retries_stale; break;
-    case PGTX_PREPARED_STALE: c = &k->retries_prepared; break;
-    case PGTX_LOCK_NOT_AVAILABLE: c = &k->retries_lock_not_available; break;
-    default: c = &k->retries_connection; break;
+#define PGTX__X_RETRY_COUNT(status, bit, name)                                 \
+    case PGTX_##status:                                                        \
+        atomic_fetch_add(&k->retries_##name, 1);                               \
+        return;
+        PGTX__RETRY_MAP(PGTX__X_RETRY_COUNT)
+#undef PGTX__X_RETRY_COUNT
+    default:
+        return;
     }
-    atomic_fetch_add(c, 1);
 }
 
 int pgtx_backoff_ms(const pgtx_retry_policy *p, int attempt, double r)
