@@ -688,6 +688,140 @@ PGTX_API pgtx_status pgtx_delta_apply(pgtx_tx *tx, pgtx_strategy s,
                                       const pgtx_delta *d,
                                       pgtx_delta_result *out, pgtx_error *err);
 
+/* ------------------------------------------------------------------------
+ * Write combining: many calls on one hot row, one transaction
+ * ------------------------------------------------------------------------ */
+
+/*
+ * One unit of work of a batch.  The caller sets `arg`; the library fills
+ * the rest (and resets it at the start of every attempt):
+ *  - status: OK when the batch committed with this call's work in it; a
+ *    business refusal (ABORTED, a CONSTRAINT or SQL class status, or any
+ *    status a set() callback marked) when this call was undone and changed
+ *    nothing while the others committed; otherwise the batch's own failure
+ *    (see pgtx_run_batch), COMMIT_UNKNOWN included;
+ *  - err: what went wrong (status OK and an empty message when OK);
+ *  - attempts: how many transactions this call was part of (1 = no retry).
+ */
+typedef struct pgtx_call {
+    void *arg;
+    pgtx_status status;
+    pgtx_error err;
+    int attempts;
+} pgtx_call;
+
+/* The most calls one batch may run with a savepoint each: PostgreSQL keeps
+   64 subtransaction ids per backend in shared memory, and past that every
+   snapshot taken anywhere on the server pays for the overflow. */
+#define PGTX_BATCH_SAVEPOINT_MAX 64
+
+/*
+ * The two ways of doing a batch's work; give one or both (NULL for the
+ * other).  Both run inside a pgtx_run() transaction and follow pgtx_tx_fn's
+ * rules: no COMMIT or ROLLBACK of their own, possibly run several times.
+ *
+ * set (set-oriented, the fast way): do the work of every call in few
+ *   statements (one UPDATE with the summed delta, one INSERT ... SELECT
+ *   FROM unnest($1::bigint[], ...)) and mark each refused call with
+ *   `calls[i].status` (and err, e.g. with pgtx_fail()); a refused call must
+ *   have changed nothing.  Calls left OK are committed.  Return OK to
+ *   commit the batch, or a failure of the whole batch.
+ * one (a savepoint per call): do one call's work.  The library sends
+ *   SAVEPOINT before it (with its first statement: no round trip of its own)
+ *   and RELEASE after it (with the next call's first statement or the
+ *   COMMIT).  Statements it leaves queued are flushed when it returns (a
+ *   round trip) so that their failure is told to this call.  A business
+ *   failure — its return status or the transaction's failure in class
+ *   ABORT, CONSTRAINT or SQL (e.g. 23505, a CHECK, RAISE in a trigger) —
+ *   rolls back to the savepoint (queued, no round trip) and marks this
+ *   call alone; the batch goes on.  Any other failure (retryable, timeout,
+ *   connection, usage) fails the whole batch.
+ */
+typedef struct pgtx_batch_ops {
+    pgtx_status (*set)(pgtx_tx *tx, pgtx_call *calls, int n, pgtx_error *err);
+    pgtx_status (*one)(pgtx_tx *tx, pgtx_call *call, pgtx_error *err);
+} pgtx_batch_ops;
+
+/*
+ * Run `n` calls (n >= 1) in ONE transaction of `e`: one COMMIT acknowledges
+ * all of them.  With `set` given it is used; when it fails with a business
+ * status of the whole batch (class ABORT, CONSTRAINT or SQL: a row it could
+ * not tell to one call) and `one` is given too and n <= 64, the batch runs
+ * again with a savepoint per call (its attempts count).  With `one` alone,
+ * n > PGTX_BATCH_SAVEPOINT_MAX is INVALID (split the calls, as
+ * pgtx_combiner does with its max_batch).
+ * Guarantees:
+ *  - Returns OK when the transaction committed: every call is then either
+ *    OK (its work committed) or refused (undone, nothing of it committed).
+ *  - A retryable failure (the engine's retry_on) rolls the whole batch back
+ *    and runs it again within the engine's retry budget; every call's
+ *    status is reset per attempt, and `attempts` counts them all.
+ *  - Otherwise the batch's failure is returned and given to EVERY call
+ *    (status and err), refused ones included: nothing committed, except
+ *    COMMIT_UNKNOWN (the connection was lost with the COMMIT in flight),
+ *    which is never retried: every call's work may or may not be in.
+ * `info` (may be NULL) is the transaction's, as pgtx_run() fills it.
+ * INVALID (calls untouched) for NULL arguments, n < 1 or no callback.
+ * Thread-safe per engine, as pgtx_run().
+ */
+PGTX_API pgtx_status pgtx_run_batch(pgtx_engine *e, const pgtx_batch_ops *ops,
+                                    pgtx_call *calls, int n,
+                                    pgtx_run_info *info, pgtx_error *err);
+
+/*
+ * A combiner: calls from many threads that write the same hot row (the same
+ * `key`, the caller's choice: an account id, a product id) are queued in the
+ * process, and at most one batch per key is in flight: while one runs, the
+ * next calls of that key wait, and the next batch takes all of them at once
+ * (up to max_batch, oldest first) in one transaction with pgtx_run_batch().
+ * The calls of different keys run in parallel, each key's batches on its own
+ * pooled connection.  Thread-safe.
+ */
+typedef struct pgtx_combiner pgtx_combiner;
+
+/*
+ * `e` and `ops` are borrowed and must outlive the combiner.  max_batch >= 1
+ * (1: every call its own transaction, i.e. combining off);
+ * with `one` alone, at most PGTX_BATCH_SAVEPOINT_MAX, else INVALID.
+ * Errors: INVALID, NOMEM.  Release with pgtx_combiner_destroy().
+ */
+PGTX_API PGTX_MUSTCHECK pgtx_status
+pgtx_combiner_create(pgtx_engine *e, const pgtx_batch_ops *ops, int max_batch,
+                     pgtx_combiner **out, pgtx_error *err);
+
+/* Free it; no pgtx_combine() may be running.  NULL is a no-op. */
+PGTX_API void pgtx_combiner_destroy(pgtx_combiner *c);
+
+/*
+ * Run `call` in a batch of the calls of `key`, and return its status (also
+ * in call->status, with call->err and call->attempts as pgtx_run_batch()
+ * sets them).  The thread that finds no batch of its key in flight leads:
+ * it takes itself and the calls waiting behind it, runs the batch, hands
+ * each its outcome and passes the lead to the oldest call still waiting.
+ * The others sleep until their outcome is there or their turn comes.
+ * `timeout_ms` (-1: no limit) bounds the wait for the call's turn, not the
+ * run of its batch (the engine's timeouts bound that): a call not taken
+ * into a batch within it returns POOL_TIMEOUT, has changed nothing and is
+ * never run afterwards.  `call` is borrowed until the return.  The
+ * callbacks run on the leading thread, for every call of its batch: a
+ * call's `arg` must be readable from another thread until the call returns.
+ * INVALID for NULL arguments.
+ */
+PGTX_API pgtx_status pgtx_combine(pgtx_combiner *c, uint64_t key,
+                                  pgtx_call *call, int timeout_ms);
+
+/* What a combiner did since it was created. */
+typedef struct pgtx_combiner_stats {
+    uint64_t batches;       /* transactions run (pgtx_run_batch calls) */
+    uint64_t calls;         /* calls run in them: calls / batches = mean size */
+    uint64_t largest_batch; /* the most calls one batch took */
+    uint64_t timeouts;      /* calls that gave up waiting (POOL_TIMEOUT) */
+} pgtx_combiner_stats;
+
+/* A consistent copy of the counters.  Thread-safe. */
+PGTX_API void pgtx_combiner_stats_get(pgtx_combiner *c,
+                                      pgtx_combiner_stats *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -144,6 +144,15 @@ const pgtx_engine_options *pgtx__tx_options(const pgtx_tx *tx);
    rolls back whatever the callback returns); copies it to *err. */
 pgtx_status pgtx__tx_fail(pgtx_tx *tx, const pgtx_error *e, pgtx_error *err);
 
+/* ---- transactions (tx.c), for a batch's savepoint per call (batch.c) ---- */
+/* Send what is queued and wait for it; then the transaction's first
+   failure (copied to *err), or OK. */
+pgtx_status pgtx__tx_settle(pgtx_tx *tx, pgtx_error *err);
+/* After pgtx__tx_settle: forget the transaction's failure and queue
+   `sql` (a ROLLBACK TO SAVEPOINT) that undoes it on the server; it leaves
+   with the next round.  The failure stays when the connection is gone. */
+pgtx_status pgtx__tx_undo(pgtx_tx *tx, const char *sql, pgtx_error *err);
+
 /* ---- engines ---- */
 const pgtx_engine_options *pgtx__engine_options(const pgtx_engine *engine);
 /* SELECT set_config(...) for the engine's timeouts, or NULL when none. */

@@ -382,6 +382,23 @@ pgtx_status pgtx__tx_fail(pgtx_tx *tx, const pgtx_error *e, pgtx_error *err)
     return tx_fail(tx, e->status, e, err);
 }
 
+pgtx_status pgtx__tx_settle(pgtx_tx *tx, pgtx_error *err)
+{
+    if (tx->piping)
+        (void)round_sync(tx, END_NONE, NULL);
+    return tx->failed == PGTX_OK ? PGTX_OK : already_failed(tx, err);
+}
+
+pgtx_status pgtx__tx_undo(pgtx_tx *tx, const char *sql, pgtx_error *err)
+{
+    if (tx->piping || !tx->begun || PQstatus(tx->pg) != CONNECTION_OK)
+        return tx->failed == PGTX_OK ? fail_from_conn(tx, err)
+                                     : already_failed(tx, err);
+    tx->failed = PGTX_OK;
+    pgtx__error_clear(&tx->failed_err);
+    return queue_stmt(tx, sql, 0, NULL, NULL, err);
+}
+
 pgtx_status pgtx_query_expect(pgtx_tx *tx, const char *sql, int nparams,
                               const char *const *params, int64_t expected,
                               PGresult **out, pgtx_error *err)
