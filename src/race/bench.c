@@ -119,13 +119,13 @@ static bool each_item(const char *list, bool (*one)(bench_config *, const char *
 
 static bool add_strategy(bench_config *cfg, const char *v, char *err, size_t len)
 {
-    race_strategy s;
+    pgtx_strategy s;
     if (strcmp(v, "all") == 0) {
-        for (int i = 0; i < RACE_STRATEGY_COUNT; i++)
+        for (int i = 0; i < PGTX_STRATEGY_COUNT; i++)
             cfg->strategies[i] = true;
         return true;
     }
-    if (!race_strategy_parse(v, &s)) {
+    if (!pgtx_strategy_parse(v, &s)) {
         snprintf(err, len, "unknown strategy '%s' (naive, atomic, lock, "
                            "optimistic, serializable or all)", v);
         return false;
@@ -294,7 +294,7 @@ static void config_defaults(bench_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->scenario = BENCH_COUNTER;
-    for (int i = 0; i < RACE_STRATEGY_COUNT; i++)
+    for (int i = 0; i < PGTX_STRATEGY_COUNT; i++)
         cfg->strategies[i] = true;
     cfg->clients[0] = 8;
     cfg->nclients = 1;
@@ -446,12 +446,12 @@ static void progress(const char *what, int clients)
         fprintf(stderr, "pgtx-race bench: %s with %d clients...\n", what, clients);
 }
 
-static bool run_one(bench_session *s, race_strategy st, int clients, char *err,
+static bool run_one(bench_session *s, pgtx_strategy st, int clients, char *err,
                     size_t errlen)
 {
     bench_env *env = s->env;
     bench_result *r = &s->rs[s->n];
-    progress(race_strategy_name(st), clients);
+    progress(pgtx_strategy_name(st), clients);
     if (!bench_setup(env->admin, env->cfg, err, errlen) ||
         !bench_run(env, st, clients, r, err, errlen) ||
         !bench_check(env->admin, env->cfg, r, err, errlen))
@@ -501,10 +501,11 @@ static bool run_all(bench_session *s, char *err, size_t errlen)
     const bench_config *cfg = s->env->cfg;
     for (int c = 0; c < cfg->nclients; c++) {
         int first = s->n;
-        for (int st = 0; st < RACE_STRATEGY_COUNT; st++)
-            if (cfg->strategies[st] &&
-                !run_one(s, (race_strategy)st, cfg->clients[c], err, errlen))
+        for (int i = 0; i < PGTX_STRATEGY_COUNT; i++) {
+            pgtx_strategy st = RACE_STRATEGY_ORDER[i];
+            if (cfg->strategies[st] && !run_one(s, st, cfg->clients[c], err, errlen))
                 return false;
+        }
         if (cfg->pgbench)
             measure_pgbench(s, cfg->clients[c], first);
     }
@@ -514,7 +515,7 @@ static bool run_all(bench_session *s, char *err, size_t errlen)
 static int strategy_count(const bench_config *cfg)
 {
     int n = 0;
-    for (int i = 0; i < RACE_STRATEGY_COUNT; i++)
+    for (int i = 0; i < PGTX_STRATEGY_COUNT; i++)
         n += cfg->strategies[i];
     return n;
 }
@@ -545,9 +546,9 @@ static int report(bench_session *s, char *server)
         rc = rc ? rc : RACE_EXIT_CANNOT_RUN;
     }
     for (int i = 0; i < s->n && rc == RACE_EXIT_BROKEN; i++)
-        if (bench_strategy_is_safe(s->rs[i].strategy) && !s->rs[i].correct) {
+        if (pgtx_strategy_is_safe(s->rs[i].strategy) && !s->rs[i].correct) {
             fprintf(stderr, "pgtx-race bench: %s with %d clients broke an invariant: %s\n",
-                    race_strategy_name(s->rs[i].strategy), s->rs[i].clients,
+                    pgtx_strategy_name(s->rs[i].strategy), s->rs[i].clients,
                     s->rs[i].detail);
             break;
         }

@@ -47,7 +47,7 @@ typedef enum bench_outcome {
 /* Parsed command line; strings are borrowed from argv. */
 typedef struct bench_config {
     bench_scenario scenario;
-    bool strategies[RACE_STRATEGY_COUNT];
+    bool strategies[PGTX_STRATEGY_COUNT];
     int clients[BENCH_MAX_CLIENT_COUNTS];
     int nclients;
     double duration_s; /* time bound of a run */
@@ -64,7 +64,7 @@ typedef struct bench_config {
 
 /* One strategy at one client count: what happened and whether it was right. */
 typedef struct bench_result {
-    race_strategy strategy;
+    pgtx_strategy strategy;
     int clients;
     bool correct;
     char detail[256]; /* why not correct, or a summary of the check */
@@ -98,28 +98,30 @@ typedef struct bench_env {
 const char *bench_scenario_name(bench_scenario s);
 bool bench_scenario_parse(const char *name, bench_scenario *out);
 const char *bench_outcome_name(int outcome);
-bool bench_strategy_is_safe(race_strategy s);
 
 /* Drop and create the scenario's tables with their starting data. */
 bool bench_setup(PGconn *admin, const bench_config *cfg, char *err, size_t errlen);
 
 /* Per-operation input and output of a transaction callback. */
 typedef struct bench_op {
-    race_strategy strategy;
+    pgtx_strategy strategy;
     int64_t row;     /* counter/spread row */
     int64_t account; /* coupon/order buyer */
     int64_t price;   /* out: filled by the order callbacks */
     bench_outcome refusal; /* out: a business refusal, or COMMITTED */
+    /* out: the refusal that a unique violation stands for when it comes
+       from a statement queued to the COMMIT (COMMITTED: none) */
+    bench_outcome on_unique;
 } bench_op;
 
-/* The transaction body for a scenario and strategy. */
-pgtx_tx_fn bench_tx_fn(bench_scenario s, race_strategy st);
+/* The transaction body of a scenario; the strategy is bench_op's. */
+pgtx_tx_fn bench_tx_fn(bench_scenario s);
 
 /* The atomic strategy's SQL as a pgbench custom script. */
 void bench_pgbench_script(const bench_config *cfg, char *buf, size_t len);
 
 /* Pick the row or account of the next operation from a random number. */
-void bench_op_init(bench_op *op, const bench_config *cfg, race_strategy st,
+void bench_op_init(bench_op *op, const bench_config *cfg, pgtx_strategy st,
                    uint64_t random);
 
 /* Check the invariants after a run; fills r->correct, r->final, r->detail.
@@ -131,7 +133,7 @@ bool bench_check(PGconn *admin, const bench_config *cfg, bench_result *r,
 
 /* Run one strategy with `clients` threads on env's pool and fill *r (but
    not the invariant check).  Returns false on a set-up failure. */
-bool bench_run(bench_env *env, race_strategy st, int clients, bench_result *r,
+bool bench_run(bench_env *env, pgtx_strategy st, int clients, bench_result *r,
                char *err, size_t errlen);
 
 /* ---- bench_pgbench.c ---- */

@@ -122,7 +122,7 @@ static void latency_cell(char *buf, size_t len, const bench_result *r, double v)
 static void fill_row(row *w, const bench_config *cfg, const bench_result *r)
 {
     size_t len = sizeof w->cell[0];
-    snprintf(w->cell[COL_STRATEGY], len, "%s", race_strategy_name(r->strategy));
+    snprintf(w->cell[COL_STRATEGY], len, "%s", pgtx_strategy_name(r->strategy));
     snprintf(w->cell[COL_CLIENTS], len, "%d", r->clients);
     snprintf(w->cell[COL_CORRECT], len, "%s", r->correct ? "yes" : "NO");
     snprintf(w->cell[COL_COMMITTED], len, "%lld", (long long)bench_committed(r));
@@ -185,10 +185,10 @@ static void print_notes(FILE *to, const bench_result *rs, int n)
 {
     for (int i = 0; i < n; i++) {
         const bench_result *r = &rs[i];
-        const char *who = race_strategy_name(r->strategy);
+        const char *who = pgtx_strategy_name(r->strategy);
         if (!r->correct)
             fprintf(to, "- %s, %d clients: NO: %s%s\n", who, r->clients, r->detail,
-                    bench_strategy_is_safe(r->strategy)
+                    pgtx_strategy_is_safe(r->strategy)
                         ? " (a safe strategy broke an invariant: this is a bug)"
                         : " (expected: naive is the unsafe read-modify-write)");
         if (r->error_sample[0])
@@ -277,9 +277,9 @@ static void json_latency(FILE *to, const bench_result *r)
 static void json_run(FILE *to, const bench_config *cfg, const bench_result *r)
 {
     fputs("    {\"strategy\": ", to);
-    json_str(to, race_strategy_name(r->strategy));
+    json_str(to, pgtx_strategy_name(r->strategy));
     fprintf(to, ", \"safe\": %s, \"clients\": %d, \"correct\": %s, \"detail\": ",
-            bench_strategy_is_safe(r->strategy) ? "true" : "false", r->clients,
+            pgtx_strategy_is_safe(r->strategy) ? "true" : "false", r->clients,
             r->correct ? "true" : "false");
     json_str(to, r->detail);
     fprintf(to, ",\n     \"final\": %lld, \"committed\": %lld, \"refused\": %lld, "
@@ -311,7 +311,7 @@ static void json_run(FILE *to, const bench_config *cfg, const bench_result *r)
 bool bench_all_safe_correct(const bench_result *rs, int n)
 {
     for (int i = 0; i < n; i++)
-        if (bench_strategy_is_safe(rs[i].strategy) && !rs[i].correct)
+        if (pgtx_strategy_is_safe(rs[i].strategy) && !rs[i].correct)
             return false;
     return true;
 }
@@ -348,8 +348,10 @@ void bench_print_json(FILE *to, const bench_summary *s)
 
 /* ---- the plot ------------------------------------------------------------- */
 
-static const char *const COLORS[RACE_STRATEGY_COUNT] = {
-    "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"};
+static const char *const COLORS[PGTX_STRATEGY_COUNT] = {
+    [PGTX_STRATEGY_NAIVE] = "#d62728",      [PGTX_STRATEGY_ATOMIC] = "#1f77b4",
+    [PGTX_STRATEGY_LOCK] = "#2ca02c",       [PGTX_STRATEGY_OPTIMISTIC] = "#ff7f0e",
+    [PGTX_STRATEGY_SERIALIZABLE] = "#9467bd"};
 
 /* One strategy's points, in increasing clients. */
 typedef struct points {
@@ -399,13 +401,15 @@ static svg_series series_of(const points *p, const char *name, const char *color
 static bool write_svg(FILE *f, const bench_config *cfg, const points *pts,
                       const points *pg)
 {
-    svg_series tput[RACE_STRATEGY_COUNT + 1], p99[RACE_STRATEGY_COUNT];
+    svg_series tput[PGTX_STRATEGY_COUNT + 1], p99[PGTX_STRATEGY_COUNT];
     int n = 0;
-    for (int s = 0; s < RACE_STRATEGY_COUNT; s++)
+    for (int i = 0; i < PGTX_STRATEGY_COUNT; i++) {
+        pgtx_strategy s = RACE_STRATEGY_ORDER[i]; /* the legend's order */
         if (pts[s].n > 0) {
-            tput[n] = series_of(&pts[s], race_strategy_name((race_strategy)s), COLORS[s], false);
-            p99[n++] = series_of(&pts[s], race_strategy_name((race_strategy)s), COLORS[s], true);
+            tput[n] = series_of(&pts[s], pgtx_strategy_name(s), COLORS[s], false);
+            p99[n++] = series_of(&pts[s], pgtx_strategy_name(s), COLORS[s], true);
         }
+    }
     int nt = n;
     if (pg->n > 0) {
         tput[nt] = series_of(pg, "pgbench, atomic SQL", "#7f7f7f", false);
@@ -427,7 +431,7 @@ bool bench_write_plot(const char *path, const bench_summary *s, char *err,
 {
     const bench_result *rs = s->rs;
     int n = s->n;
-    points pts[RACE_STRATEGY_COUNT] = {{0}}, pg = {0};
+    points pts[PGTX_STRATEGY_COUNT] = {{0}}, pg = {0};
     for (int i = 0; i < n; i++)
         add_point(&pts[rs[i].strategy], rs[i].clients, bench_ops_per_s(&rs[i]),
                   rs[i].p99_ms, !rs[i].correct);

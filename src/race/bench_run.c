@@ -46,7 +46,7 @@ typedef struct run_ctx {
     const bench_config *cfg;
     pgtx_engine *engine;
     pgtx_tx_fn fn;
-    race_strategy strategy;
+    pgtx_strategy strategy;
     int64_t deadline_us;
     bool stop_when_full; /* time-bound runs end when a buffer fills */
     gate start;
@@ -92,6 +92,8 @@ static bench_outcome classify(pgtx_status st, const pgtx_run_info *info,
         return BENCH_OUT_RETRY_EXHAUSTED;
     if (st == PGTX_ABORTED && op->refusal != BENCH_OUT_COMMITTED)
         return op->refusal;
+    if (st == PGTX_UNIQUE_VIOLATION && op->on_unique != BENCH_OUT_COMMITTED)
+        return op->on_unique;
     return (bench_outcome)(BENCH_OUT_ERROR + (int)st);
 }
 
@@ -304,7 +306,7 @@ static bool drive(bench_env *env, run_ctx *c, worker *ws, int clients,
     return ok;
 }
 
-bool bench_run(bench_env *env, race_strategy st, int clients, bench_result *r,
+bool bench_run(bench_env *env, pgtx_strategy st, int clients, bench_result *r,
                char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
@@ -312,8 +314,8 @@ bool bench_run(bench_env *env, race_strategy st, int clients, bench_result *r,
     r->clients = clients;
     run_ctx c = {
         .cfg = env->cfg,
-        .engine = st == RACE_SERIALIZABLE ? env->serializable : env->read_committed,
-        .fn = bench_tx_fn(env->cfg->scenario, st),
+        .engine = st == PGTX_STRATEGY_SERIALIZABLE ? env->serializable : env->read_committed,
+        .fn = bench_tx_fn(env->cfg->scenario),
         .strategy = st,
         .stop_when_full = env->cfg->ops == 0,
         .start = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false},

@@ -1,4 +1,4 @@
-/* bench_sql.c — the bench scenarios: their tables, one transaction per strategy, and the invariants checked afterwards. */
+/* bench_sql.c — the bench scenarios: their tables, one transaction each under libpgtx's strategies, and the invariants checked afterwards. */
 #include "bench.h"
 
 #include <stdarg.h>
@@ -43,8 +43,6 @@ const char *bench_outcome_name(int outcome)
         return errors[outcome - BENCH_OUT_ERROR];
     return "unknown";
 }
-
-bool bench_strategy_is_safe(race_strategy s) { return s != RACE_NAIVE; }
 
 /* ---- set-up ------------------------------------------------------------- */
 
@@ -115,7 +113,7 @@ bool bench_setup(PGconn *admin, const bench_config *cfg, char *err, size_t errle
     return ok;
 }
 
-void bench_op_init(bench_op *op, const bench_config *cfg, race_strategy st,
+void bench_op_init(bench_op *op, const bench_config *cfg, pgtx_strategy st,
                    uint64_t random)
 {
     memset(op, 0, sizeof *op);
@@ -129,7 +127,14 @@ void bench_op_init(bench_op *op, const bench_config *cfg, race_strategy st,
         op->account = 1 + (int64_t)(random % BENCH_ORDER_ACCOUNTS);
 }
 
-/* ---- helpers for the transaction bodies --------------------------------- */
+/* ---- the transaction bodies: libpgtx's strategies ---------------------- */
+
+/*
+ * Every change of a counter, a coupon's remaining, a stock or a balance is
+ * one row's delta, so each strategy's SQL is the library's
+ * (pgtx_delta_apply); what is left here are the inserts and the business
+ * answers.  naive and serializable share the code, only the engine differs.
+ */
 
 typedef struct num {
     char s[24];
@@ -142,35 +147,6 @@ static num num_of(int64_t v)
     return n;
 }
 
-/* Run a query and read the first `ncols` columns of its first row, if any. */
-static pgtx_status read_row(pgtx_tx *tx, const char *sql, int np,
-                            const char *const *params, int64_t *cols, int ncols,
-                            bool *found, pgtx_error *err)
-{
-    PGresult *r = NULL;
-    pgtx_status st = pgtx_query(tx, sql, np, params, &r, err);
-    if (st != PGTX_OK)
-        return st;
-    *found = PQntuples(r) > 0;
-    for (int i = 0; *found && i < ncols && st == PGTX_OK; i++)
-        if (pgtx_result_int64(r, 0, i, &cols[i]) != PGTX_OK)
-            st = pgtx_fail(err, PGTX_SQL, "column %d of \"%.60s\" is not an integer",
-                           i, sql);
-    PQclear(r);
-    return st;
-}
-
-static pgtx_status read_existing(pgtx_tx *tx, const char *sql, int np,
-                                 const char *const *params, int64_t *cols,
-                                 int ncols, pgtx_error *err)
-{
-    bool found = false;
-    pgtx_status st = read_row(tx, sql, np, params, cols, ncols, &found, err);
-    if (st == PGTX_OK && !found)
-        st = pgtx_fail(err, PGTX_SQL, "no row for \"%.60s\"", sql);
-    return st;
-}
-
 /* Record a business refusal and roll back. */
 static pgtx_status refuse(bench_op *op, bench_outcome why, pgtx_error *err)
 {
@@ -178,243 +154,116 @@ static pgtx_status refuse(bench_op *op, bench_outcome why, pgtx_error *err)
     return pgtx_fail(err, PGTX_ABORTED, "%s", bench_outcome_name((int)why));
 }
 
-/* The read of a read-modify-write: FOR UPDATE only for the lock strategy. */
-static const char *pick_read(const bench_op *op, const char *plain,
-                             const char *locked)
+/* `delta` on `column` of row `key` of a bench table; a floor of 0 when
+   `guarded`.  Every bench table has an id key and a version column. */
+static pgtx_delta row_delta(const char *table, const char *column, int64_t key,
+                            int64_t delta, bool guarded)
 {
-    return op->strategy == RACE_LOCK ? locked : plain;
+    return (pgtx_delta){.table = table, .key_column = "id", .column = column,
+                        .version_column = "version", .key = key, .delta = delta,
+                        .has_floor = guarded, .floor = 0};
 }
 
-/*
- * The write of a read-modify-write.  `versioned` is `plain` plus
- * "AND version = $<np+1>": for the optimistic strategy a stale version
- * changes no row, and pgtx_query_expect turns that into STALE, which the
- * runner retries.
- */
-static pgtx_status write_row(pgtx_tx *tx, const bench_op *op, const char *plain,
-                             const char *versioned, int np,
-                             const char *const *params, pgtx_error *err)
+/* Apply d under op's strategy; *refused when the floor said no.  The row
+   was created by the set-up, so a missing one is an error. */
+static pgtx_status apply(pgtx_tx *tx, const bench_op *op, const pgtx_delta *d,
+                         bool *refused, pgtx_error *err)
 {
-    if (op->strategy == RACE_OPTIMISTIC)
-        return pgtx_query_expect(tx, versioned, np + 1, params, 1, NULL, err);
-    return pgtx_query_expect(tx, plain, np, params, 1, NULL, err);
+    pgtx_delta_result res = {0};
+    pgtx_status st = pgtx_delta_apply(tx, op->strategy, d, &res, err);
+    if (st == PGTX_OK && !res.found)
+        st = pgtx_fail(err, PGTX_SQL, "no row %lld in %s", (long long)d->key,
+                       d->table);
+    *refused = res.refused;
+    return st;
 }
 
 /* ---- counter and spread: value = value + 1 on one row ------------------- */
 
-#define COUNTER_READ "SELECT value, version FROM race_counter WHERE id = $1"
-#define COUNTER_WRITE                                                          \
-    "UPDATE race_counter SET value = $2, version = version + 1 WHERE id = $1"
-#define COUNTER_ATOMIC                                                         \
-    "UPDATE race_counter SET value = value + 1, version = version + 1 "        \
-    "WHERE id = $1 RETURNING value"
-
-static pgtx_status counter_rmw(pgtx_tx *tx, void *arg, pgtx_error *err)
+static pgtx_status counter_tx(pgtx_tx *tx, void *arg, pgtx_error *err)
 {
     bench_op *op = arg;
     op->refusal = BENCH_OUT_COMMITTED;
-    int64_t cur[2]; /* value, version */
-    num id = num_of(op->row), value, version;
-    const char *params[] = {id.s, value.s, version.s};
-    pgtx_status st = read_existing(
-        tx, pick_read(op, COUNTER_READ, COUNTER_READ " FOR UPDATE"), 1, params,
-        cur, 2, err);
-    if (st != PGTX_OK)
-        return st;
-    value = num_of(cur[0] + 1); /* the computation "in the application" */
-    version = num_of(cur[1]);
-    return write_row(tx, op, COUNTER_WRITE, COUNTER_WRITE " AND version = $3", 2,
-                     params, err);
-}
-
-static pgtx_status counter_atomic(pgtx_tx *tx, void *arg, pgtx_error *err)
-{
-    bench_op *op = arg;
-    op->refusal = BENCH_OUT_COMMITTED;
-    num id = num_of(op->row);
-    const char *params[] = {id.s};
-    return pgtx_query_expect(tx, COUNTER_ATOMIC, 1, params, 1, NULL, err);
+    pgtx_delta d = row_delta("race_counter", "value", op->row, 1, false);
+    bool refused = false;
+    return apply(tx, op, &d, &refused, err);
 }
 
 /* ---- coupon: one claim per account, never more claims than coupons ------ */
 
-#define COUPON_READ "SELECT remaining, version FROM race_coupon WHERE id = 1"
 #define COUPON_CLAIM                                                           \
     "INSERT INTO race_claim (coupon_id, account_id) VALUES (1, $1::bigint)"
-#define COUPON_WRITE                                                           \
-    "UPDATE race_coupon SET remaining = $1, version = version + 1 WHERE id = 1"
-/* One statement: the guarded decrement and the claim commit together. */
-#define COUPON_ATOMIC                                                          \
-    "WITH c AS (UPDATE race_coupon SET remaining = remaining - 1, "            \
-    "version = version + 1 WHERE id = 1 AND remaining > 0 RETURNING id) "      \
-    "INSERT INTO race_claim (coupon_id, account_id) SELECT id, $1::bigint FROM c"
 
-/* The claim row; a second claim by the same account is a refusal. */
-static pgtx_status coupon_insert_claim(pgtx_tx *tx, bench_op *op, const char *sql,
-                                       int64_t *inserted, pgtx_error *err)
+static pgtx_status coupon_tx(pgtx_tx *tx, void *arg, pgtx_error *err)
 {
+    bench_op *op = arg;
+    op->refusal = BENCH_OUT_COMMITTED;
+    op->on_unique = BENCH_OUT_COUPON_ALREADY_CLAIMED;
+    pgtx_delta d = row_delta("race_coupon", "remaining", 1, -1, true);
+    bool refused = false;
+    pgtx_status st = apply(tx, op, &d, &refused, err);
+    if (st != PGTX_OK)
+        return st;
+    if (refused)
+        return refuse(op, BENCH_OUT_COUPON_EXHAUSTED, err);
+    /* Queued: the claim rides with the COMMIT, so it costs no round trip
+       and no longer hold on the coupon row.  A second claim by the account
+       fails there (unique violation): op->on_unique names that refusal. */
     num account = num_of(op->account);
     const char *params[] = {account.s};
-    PGresult *r = NULL;
-    pgtx_status st = pgtx_query(tx, sql, 1, params, &r, err);
-    if (st == PGTX_UNIQUE_VIOLATION)
-        return refuse(op, BENCH_OUT_COUPON_ALREADY_CLAIMED, err);
-    if (st != PGTX_OK)
-        return st;
-    *inserted = pgtx_result_affected(r);
-    PQclear(r);
-    return PGTX_OK;
-}
-
-static pgtx_status coupon_rmw(pgtx_tx *tx, void *arg, pgtx_error *err)
-{
-    bench_op *op = arg;
-    op->refusal = BENCH_OUT_COMMITTED;
-    int64_t cur[2], inserted = 0; /* remaining, version */
-    pgtx_status st = read_existing(
-        tx, pick_read(op, COUPON_READ, COUPON_READ " FOR UPDATE"), 0, NULL, cur,
-        2, err);
-    if (st != PGTX_OK)
-        return st;
-    if (cur[0] <= 0)
-        return refuse(op, BENCH_OUT_COUPON_EXHAUSTED, err);
-    st = coupon_insert_claim(tx, op, COUPON_CLAIM, &inserted, err);
-    if (st != PGTX_OK)
-        return st;
-    num remaining = num_of(cur[0] - 1), version = num_of(cur[1]);
-    const char *params[] = {remaining.s, version.s};
-    return write_row(tx, op, COUPON_WRITE, COUPON_WRITE " AND version = $2", 1,
-                     params, err);
-}
-
-static pgtx_status coupon_atomic(pgtx_tx *tx, void *arg, pgtx_error *err)
-{
-    bench_op *op = arg;
-    op->refusal = BENCH_OUT_COMMITTED;
-    int64_t inserted = 0;
-    pgtx_status st = coupon_insert_claim(tx, op, COUPON_ATOMIC, &inserted, err);
-    if (st == PGTX_OK && inserted == 0)
-        return refuse(op, BENCH_OUT_COUPON_EXHAUSTED, err);
-    return st;
+    return pgtx_queue(tx, COUPON_CLAIM, 1, params, NULL, err);
 }
 
 /* ---- order: stock, balance, order row and ledger row, all or nothing ---- */
 
-#define ORDER_READ_PRODUCT                                                     \
-    "SELECT stock, price, version FROM race_product WHERE id = 1"
-#define ORDER_READ_ACCOUNT                                                     \
-    "SELECT balance, version FROM race_account WHERE id = $1"
-#define ORDER_WRITE_PRODUCT                                                    \
-    "UPDATE race_product SET stock = $1, version = version + 1 WHERE id = 1"
-#define ORDER_WRITE_ACCOUNT                                                    \
-    "UPDATE race_account SET balance = $2, version = version + 1 WHERE id = $1"
-#define ORDER_ATOMIC_PRODUCT                                                   \
-    "UPDATE race_product SET stock = stock - 1, version = version + 1 "        \
-    "WHERE id = 1 AND stock >= 1 RETURNING price"
-#define ORDER_ATOMIC_ACCOUNT                                                   \
-    "UPDATE race_account SET balance = balance - $2::bigint, "                 \
-    "version = version + 1 WHERE id = $1 AND balance >= $2::bigint "           \
-    "RETURNING balance"
 #define ORDER_RECORD                                                           \
     "WITH o AS (INSERT INTO race_order (account_id, product_id, quantity, "    \
     "unit_price) VALUES ($1::bigint, 1, 1, $2::bigint)) "                      \
     "INSERT INTO race_ledger (account_id, amount) VALUES ($1::bigint, -$2::bigint)"
 
-/* The order row and the debit in the ledger, in one round trip. */
-static pgtx_status order_record(pgtx_tx *tx, const bench_op *op, pgtx_error *err)
+/* Product first, then account, in every strategy: one lock order, so the
+   lock strategy cannot deadlock with itself.  The price is the one the
+   set-up wrote (BENCH_PRICE, never changed): a delta changes one column
+   and reads no other. */
+static pgtx_status order_tx(pgtx_tx *tx, void *arg, pgtx_error *err)
 {
+    bench_op *op = arg;
+    op->refusal = BENCH_OUT_COMMITTED;
+    op->price = BENCH_PRICE;
+    pgtx_delta stock = row_delta("race_product", "stock", 1, -1, true);
+    pgtx_delta debit = row_delta("race_account", "balance", op->account, -op->price, true);
+    bool refused = false;
+    pgtx_status st = apply(tx, op, &stock, &refused, err);
+    if (st == PGTX_OK && refused)
+        return refuse(op, BENCH_OUT_OUT_OF_STOCK, err);
+    if (st == PGTX_OK)
+        st = apply(tx, op, &debit, &refused, err);
+    if (st == PGTX_OK && refused)
+        return refuse(op, BENCH_OUT_INSUFFICIENT_FUNDS, err);
+    if (st != PGTX_OK)
+        return st;
+    /* The order row and the ledger's debit ride with the COMMIT. */
     num account = num_of(op->account), price = num_of(op->price);
     const char *params[] = {account.s, price.s};
-    return pgtx_query(tx, ORDER_RECORD, 2, params, NULL, err);
+    return pgtx_queue(tx, ORDER_RECORD, 2, params, NULL, err);
 }
 
-/* Read, check and write the product's stock; sets op->price. */
-static pgtx_status order_take_stock(pgtx_tx *tx, bench_op *op, pgtx_error *err)
+pgtx_tx_fn bench_tx_fn(bench_scenario s)
 {
-    int64_t cur[3]; /* stock, price, version */
-    pgtx_status st = read_existing(
-        tx, pick_read(op, ORDER_READ_PRODUCT, ORDER_READ_PRODUCT " FOR UPDATE"),
-        0, NULL, cur, 3, err);
-    if (st != PGTX_OK)
-        return st;
-    if (cur[0] < 1)
-        return refuse(op, BENCH_OUT_OUT_OF_STOCK, err);
-    op->price = cur[1];
-    num stock = num_of(cur[0] - 1), version = num_of(cur[2]);
-    const char *params[] = {stock.s, version.s};
-    return write_row(tx, op, ORDER_WRITE_PRODUCT,
-                     ORDER_WRITE_PRODUCT " AND version = $2", 1, params, err);
-}
-
-/* Read, check and write the buyer's balance. */
-static pgtx_status order_debit(pgtx_tx *tx, bench_op *op, pgtx_error *err)
-{
-    int64_t cur[2]; /* balance, version */
-    num id = num_of(op->account), balance, version;
-    const char *params[] = {id.s, balance.s, version.s};
-    pgtx_status st = read_existing(
-        tx, pick_read(op, ORDER_READ_ACCOUNT, ORDER_READ_ACCOUNT " FOR UPDATE"),
-        1, params, cur, 2, err);
-    if (st != PGTX_OK)
-        return st;
-    if (cur[0] < op->price)
-        return refuse(op, BENCH_OUT_INSUFFICIENT_FUNDS, err);
-    balance = num_of(cur[0] - op->price);
-    version = num_of(cur[1]);
-    return write_row(tx, op, ORDER_WRITE_ACCOUNT,
-                     ORDER_WRITE_ACCOUNT " AND version = $3", 2, params, err);
-}
-
-/* Product first, then account, in every strategy: one lock order, so the
-   lock strategy cannot deadlock with itself. */
-static pgtx_status order_rmw(pgtx_tx *tx, void *arg, pgtx_error *err)
-{
-    bench_op *op = arg;
-    op->refusal = BENCH_OUT_COMMITTED;
-    pgtx_status st = order_take_stock(tx, op, err);
-    if (st == PGTX_OK)
-        st = order_debit(tx, op, err);
-    return st == PGTX_OK ? order_record(tx, op, err) : st;
-}
-
-static pgtx_status order_atomic(pgtx_tx *tx, void *arg, pgtx_error *err)
-{
-    bench_op *op = arg;
-    op->refusal = BENCH_OUT_COMMITTED;
-    int64_t price = 0, balance = 0;
-    bool found = false;
-    pgtx_status st = read_row(tx, ORDER_ATOMIC_PRODUCT, 0, NULL, &price, 1,
-                              &found, err);
-    if (st != PGTX_OK)
-        return st;
-    if (!found)
-        return refuse(op, BENCH_OUT_OUT_OF_STOCK, err);
-    op->price = price;
-    num id = num_of(op->account), amount = num_of(price);
-    const char *params[] = {id.s, amount.s};
-    st = read_row(tx, ORDER_ATOMIC_ACCOUNT, 2, params, &balance, 1, &found, err);
-    if (st != PGTX_OK)
-        return st;
-    if (!found)
-        return refuse(op, BENCH_OUT_INSUFFICIENT_FUNDS, err);
-    return order_record(tx, op, err);
-}
-
-pgtx_tx_fn bench_tx_fn(bench_scenario s, race_strategy st)
-{
-    /* naive and serializable share the code; only the engine differs */
-    bool atomic = st == RACE_ATOMIC;
     switch (s) {
     case BENCH_COUPON:
-        return atomic ? coupon_atomic : coupon_rmw;
+        return coupon_tx;
     case BENCH_ORDER:
-        return atomic ? order_atomic : order_rmw;
+        return order_tx;
     default:
-        return atomic ? counter_atomic : counter_rmw;
+        return counter_tx;
     }
 }
 
 /* ---- pgbench scripts: the atomic strategy's SQL ------------------------- */
+
+/* pgbench cannot call the library: these are the atomic strategy's
+   guarded UPDATEs written out by hand, the same row changes and inserts. */
 
 /* pgbench aborts a client on any error, so a repeated account must not
    raise one: accounts come from a range where repeats are rare, and

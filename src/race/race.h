@@ -8,20 +8,10 @@
 #include "one_line.h" /* an error on stderr is one line */
 #include "pgtx.h"
 
-/* The ways to write a read-modify-write; see README "Strategies". */
-typedef enum race_strategy {
-    RACE_NAIVE = 0,    /* read, compute in C, write back: loses updates */
-    RACE_ATOMIC,       /* one UPDATE ... SET x = x + $1 (guarded) RETURNING */
-    RACE_LOCK,         /* SELECT ... FOR UPDATE, then write */
-    RACE_OPTIMISTIC,   /* version column; zero rows updated = stale, retry */
-    RACE_SERIALIZABLE, /* the naive code in a SERIALIZABLE engine + retry */
-    RACE_STRATEGY_COUNT
-} race_strategy;
-
-/* "naive", "atomic", "lock", "optimistic", "serializable". */
-const char *race_strategy_name(race_strategy s);
-/* Parse one name; returns false for an unknown one. */
-bool race_strategy_parse(const char *name, race_strategy *out);
+/* The strategies are libpgtx's (pgtx_strategy); this is the order in which
+   the lab runs and shows them: naive first, the baseline that loses, as
+   the recorded results, the tests and the man page have it. */
+extern const pgtx_strategy RACE_STRATEGY_ORDER[PGTX_STRATEGY_COUNT];
 
 /* Entry points: argv[0] is the subcommand ("replay", "bench"); return the
    process exit status. */

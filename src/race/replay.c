@@ -45,7 +45,7 @@ typedef struct row {
 
 typedef struct replay {
     const scenario *sc;
-    race_strategy strategy;
+    pgtx_strategy strategy;
     txn t[2];
     row rows[MAX_ROWS];
     int n_rows;
@@ -399,7 +399,7 @@ static void print_json(const replay *r, const char *final, bool correct, bool pr
 {
     printf("{\"scenario\": ");
     json_string(r->sc->name);
-    printf(", \"strategy\": \"%s\", \"steps\": [", race_strategy_name(r->strategy));
+    printf(", \"strategy\": \"%s\", \"steps\": [", pgtx_strategy_name(r->strategy));
     for (int i = 0; i < r->n_rows; i++) {
         printf("%s\n  {\"step\": %d, \"tx\": %d, \"kind\": \"%s\", \"text\": ", i ? "," : "",
                i + 1, r->rows[i].tx, r->rows[i].kind);
@@ -456,7 +456,7 @@ static void print_step(int step, const row *w)
 
 static void print_table(const replay *r, const char *final, bool correct, bool promised)
 {
-    printf("scenario %s, strategy %s: %s\n\n", r->sc->name, race_strategy_name(r->strategy),
+    printf("scenario %s, strategy %s: %s\n\n", r->sc->name, pgtx_strategy_name(r->strategy),
            r->sc->summary);
     const char *h1 = "T1", *h2 = "T2";
     printf("| step |");
@@ -516,9 +516,9 @@ static bool check_final(PGconn *admin, const scenario *sc, char *final, size_t n
     return ok;
 }
 
-static const char *begin_for(race_strategy s)
+static const char *begin_for(pgtx_strategy s)
 {
-    return s == RACE_SERIALIZABLE ? "BEGIN ISOLATION LEVEL SERIALIZABLE"
+    return s == PGTX_STRATEGY_SERIALIZABLE ? "BEGIN ISOLATION LEVEL SERIALIZABLE"
                                   : "BEGIN ISOLATION LEVEL READ COMMITTED";
 }
 
@@ -547,7 +547,7 @@ static int verdict(replay *r, PGconn *admin)
         fprintf(stderr, "pgtx-race replay: %s\n", pgtx_one_line_(final));
         return RACE_EXIT_CANNOT_RUN;
     }
-    bool promised = (r->strategy == RACE_NAIVE && r->sc->naive_loses) ? !correct : correct;
+    bool promised = (r->strategy == PGTX_STRATEGY_NAIVE && r->sc->naive_loses) ? !correct : correct;
     if (r->json)
         print_json(r, final, correct, promised);
     else
@@ -561,7 +561,7 @@ static int verdict(replay *r, PGconn *admin)
     }
     if (!promised) {
         fprintf(stderr, "pgtx-race replay: %s under %s did not end as the strategy "
-                        "promises: %s\n", r->sc->name, race_strategy_name(r->strategy), final);
+                        "promises: %s\n", r->sc->name, pgtx_strategy_name(r->strategy), final);
         return RACE_EXIT_BROKEN;
     }
     return RACE_EXIT_KEPT;
@@ -612,8 +612,10 @@ static void usage(FILE *to)
                 "scenarios:");
     for (int i = 0; i < N_SCENARIOS; i++)
         fprintf(to, " %s", SCENARIOS[i]->name);
-    fprintf(to, "\nstrategies: naive atomic lock optimistic serializable\n"
-                "--database: a libpq connection string or URI (\"\" means libpq's PG*\n"
+    fprintf(to, "\nstrategies:");
+    for (int i = 0; i < PGTX_STRATEGY_COUNT; i++)
+        fprintf(to, " %s", pgtx_strategy_name(RACE_STRATEGY_ORDER[i]));
+    fprintf(to, "\n--database: a libpq connection string or URI (\"\" means libpq's PG*\n"
                 "  environment); default DATABASE_URL, else an embedded cluster in\n"
                 "  --data-dir (default ./%s, or %s)\n"
                 "Exit status: 0 the outcome is what the strategy promises (naive promises\n"
@@ -685,7 +687,7 @@ static bool check_names(const replay_args *a, replay *r)
     else if (!a->strategy)
         fprintf(stderr, "pgtx-race replay: missing --strategy "
                         "(see pgtx-race replay --help)\n");
-    else if (!race_strategy_parse(a->strategy, &r->strategy))
+    else if (!pgtx_strategy_parse(a->strategy, &r->strategy))
         fprintf(stderr, "pgtx-race replay: unknown strategy '%s' "
                         "(see pgtx-race replay --help)\n", a->strategy);
     else

@@ -38,7 +38,7 @@ typedef struct scenario {
     const char *refusal;     /* the business code a refusal stands for */
     bool naive_loses;        /* the promise of `naive` here */
     int accounts[2];         /* {acct} of T1 and T2 */
-    program programs[RACE_STRATEGY_COUNT];
+    program programs[PGTX_STRATEGY_COUNT];
 } scenario;
 
 extern const scenario *const SCENARIOS[];
