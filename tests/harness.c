@@ -114,14 +114,30 @@ pgtx_pool *h_pool(int size, int overflow, const char *application_name)
     return h_pool_from(&cfg);
 }
 
+static pgtx_engine *engine_with(pgtx_pool *pool, const pgtx_engine_options *opt)
+{
+    pgtx_engine *e = NULL;
+    assert_int_equal(pgtx_engine_create(pool, opt, &e, NULL), PGTX_OK);
+    return e;
+}
+
 pgtx_engine *h_engine(pgtx_pool *pool, pgtx_isolation iso)
 {
     pgtx_engine_options opt;
     pgtx_engine_options_init(&opt);
     opt.isolation = iso;
-    pgtx_engine *e = NULL;
-    assert_int_equal(pgtx_engine_create(pool, &opt, &e, NULL), PGTX_OK);
-    return e;
+    return engine_with(pool, &opt);
+}
+
+pgtx_engine *h_engine_patient(pgtx_pool *pool, pgtx_isolation iso)
+{
+    pgtx_engine_options opt;
+    pgtx_engine_options_init(&opt);
+    opt.isolation = iso;
+    opt.retry.max_attempts = 10000;
+    opt.retry.budget_ms = 120000;
+    opt.retry.max_delay_ms = 20;
+    return engine_with(pool, &opt);
 }
 
 int64_t h_now_ms(void)

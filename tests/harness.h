@@ -36,6 +36,9 @@ void h_pool_config(pgtx_pool_config *cfg, int size, int overflow,
                    const char *application_name);
 pgtx_pool *h_pool_from(const pgtx_pool_config *cfg);
 pgtx_engine *h_engine(pgtx_pool *pool, pgtx_isolation iso);
+/* One for a hot row under many writers: retries up to 10000 times within
+   120 s, sleeping at most 20 ms between attempts. */
+pgtx_engine *h_engine_patient(pgtx_pool *pool, pgtx_isolation iso);
 
 /* Poll `cond(arg)` every few ms until it is true or `timeout_ms` passes. */
 int h_wait_until(int (*cond)(void *arg), void *arg, int timeout_ms);

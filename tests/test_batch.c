@@ -16,19 +16,6 @@ static char schema[64];
 static pgtx_pool *pool;
 static pgtx_engine *eng;
 
-/* Many retries: 16 threads on one hot row. */
-static pgtx_engine *patient_engine(void)
-{
-    pgtx_engine_options opt;
-    pgtx_engine_options_init(&opt);
-    opt.retry.max_attempts = 1000;
-    opt.retry.budget_ms = 120000;
-    opt.retry.max_delay_ms = 20;
-    pgtx_engine *e = NULL;
-    assert_int_equal(pgtx_engine_create(pool, &opt, &e, NULL), PGTX_OK);
-    return e;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -44,7 +31,7 @@ static int setup(void **state)
                   "'forced serialization failure' USING ERRCODE = '40001'; "
                   "END IF; RETURN 0; END $$");
     pool = h_pool(17, 4, "batch");
-    eng = patient_engine();
+    eng = h_engine_patient(pool, PGTX_READ_COMMITTED);
     return 0;
 }
 
@@ -473,17 +460,26 @@ static void hist_print(const char *what)
     printf("\n");
 }
 
-static void test_combiner_one_key(void **state)
+/* Fresh rows, THREADS threads depositing through one combiner over `keys`
+   rows; its statistics, and deposits per second into *rate. */
+static pgtx_combiner_stats run_combined(int keys, double *rate)
 {
-    (void)state;
     seed(0, 0);
     hist_reset();
     pgtx_combiner *c = NULL;
     assert_int_equal(pgtx_combiner_create(eng, &SET_OPS, 64, &c, NULL), PGTX_OK);
-    double combined = run_workers(c, 1);
+    *rate = run_workers(c, keys);
     pgtx_combiner_stats s;
     pgtx_combiner_stats_get(c, &s);
     pgtx_combiner_destroy(c);
+    return s;
+}
+
+static void test_combiner_one_key(void **state)
+{
+    (void)state;
+    double combined;
+    pgtx_combiner_stats s = run_combined(1, &combined);
     assert_int_equal(balance_of(1), THREADS * expected_per_thread());
     assert_int_equal(ledger_rows(1), THREADS * PER_THREAD);
     assert_int_equal(s.calls, THREADS * PER_THREAD);
@@ -508,14 +504,8 @@ static void test_combiner_one_key(void **state)
 static void test_combiner_two_keys(void **state)
 {
     (void)state;
-    seed(0, 0);
-    hist_reset();
-    pgtx_combiner *c = NULL;
-    assert_int_equal(pgtx_combiner_create(eng, &SET_OPS, 64, &c, NULL), PGTX_OK);
-    double rate = run_workers(c, 2);
-    pgtx_combiner_stats s;
-    pgtx_combiner_stats_get(c, &s);
-    pgtx_combiner_destroy(c);
+    double rate;
+    pgtx_combiner_stats s = run_combined(2, &rate);
     long long each = THREADS / 2 * expected_per_thread();
     assert_int_equal(balance_of(1), each);
     assert_int_equal(balance_of(2), each);

@@ -28,20 +28,6 @@ static const pgtx_strategy ALL[] = {PGTX_STRATEGY_ATOMIC, PGTX_STRATEGY_LOCK,
                                     PGTX_STRATEGY_SERIALIZABLE, PGTX_STRATEGY_NAIVE};
 #define N_ALL ((int)(sizeof ALL / sizeof ALL[0]))
 
-/* Many retries for the threaded tests: one hot row, eight writers. */
-static pgtx_engine *patient_engine(pgtx_isolation iso)
-{
-    pgtx_engine_options opt;
-    pgtx_engine_options_init(&opt);
-    opt.isolation = iso;
-    opt.retry.max_attempts = 10000;
-    opt.retry.budget_ms = 120000;
-    opt.retry.max_delay_ms = 20;
-    pgtx_engine *e = NULL;
-    assert_int_equal(pgtx_engine_create(pool, &opt, &e, NULL), PGTX_OK);
-    return e;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -51,8 +37,8 @@ static int setup(void **state)
     h_execf(admin, "DROP TABLE IF EXISTS %s; CREATE TABLE %s (" KEY " bigint PRIMARY KEY, "
             COL_SQL " bigint, " VER_SQL " bigint NOT NULL DEFAULT 0)", table_sql, table_sql);
     pool = h_pool(9, 0, "strategy");
-    rc = patient_engine(PGTX_READ_COMMITTED);
-    ser = patient_engine(PGTX_SERIALIZABLE);
+    rc = h_engine_patient(pool, PGTX_READ_COMMITTED);
+    ser = h_engine_patient(pool, PGTX_SERIALIZABLE);
     return 0;
 }
 
