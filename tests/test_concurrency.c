@@ -222,15 +222,8 @@ static rmw_result run_rmw(pgtx_isolation iso, int threads, int per_thread)
     h_execf(admin, "DELETE FROM %s WHERE id = 1; INSERT INTO %s VALUES (1, 0)", tbl, tbl);
     const char *app = h_unique("conc_rmw");
     pgtx_pool *pool = h_pool(8, 0, app);
-    pgtx_engine_options o;
-    pgtx_engine_options_init(&o);
-    o.isolation = iso;
     /* Generous: the test checks correctness, not the default budget. */
-    o.retry.max_attempts = 10000;
-    o.retry.budget_ms = 120000;
-    o.retry.max_delay_ms = 20;
-    rmw_ctx ctx = {.per_thread = per_thread};
-    assert_int_equal(pgtx_engine_create(pool, &o, &ctx.engine, NULL), PGTX_OK);
+    rmw_ctx ctx = {.per_thread = per_thread, .engine = h_engine_patient(pool, iso)};
     pthread_t *t = calloc((size_t)threads, sizeof *t);
     assert_non_null(t);
     for (int i = 0; i < threads; i++)
