@@ -512,7 +512,7 @@ static long long post(const char *path, const char *body, const char *field)
 /* The fixtures: one rich account (and its token), one product, one order;
    another account with two orders (its list stays short). */
 static struct {
-    long long account, product, order, lister;
+    long long account, product, order, lister, third;
     char token_auth[128];
 } F;
 
@@ -536,6 +536,7 @@ static void fixtures(void)
              F.account, F.product);
     F.order = post("/v1/orders", body, "id");
     F.lister = post("/v1/accounts", "{\"name\":\"l\",\"balance\":100}", "id");
+    F.third = post("/v1/accounts", "{\"name\":\"t\",\"balance\":100}", "id");
     snprintf(body, sizeof body, "{\"account_id\":%lld,\"product_id\":%lld,\"quantity\":1}",
              F.lister, F.product);
     post("/v1/orders", body, "id");
@@ -734,6 +735,83 @@ static void sweep_orders(void)
                   FOUND("id", "total"));
 }
 
+/* Three requests of one row handed over together (write combining): each
+   answers as it would alone, or 503 overloaded. */
+#define BATCH_N 3
+#define BATCH_RUNS (BATCH_N * 1000000L)
+
+typedef struct batch_case {
+    req_case c[BATCH_N];
+} batch_case;
+
+static void path_batch(const char *name, long n, void *arg)
+{
+    batch_case *b = arg;
+    const shop_request *q[BATCH_N];
+    shop_response *r[BATCH_N];
+    answer a[BATCH_N];
+    memset(a, 0, sizeof a);
+    for (int i = 0; i < BATCH_N; i++) {
+        /* past the single requests' run numbers: keys of their own */
+        b->c[i].prepare(&b->c[i], BATCH_RUNS + n * BATCH_N + i);
+        q[i] = &b->c[i].q;
+        r[i] = &a[i].res;
+    }
+    arm();
+    shop_app_handle_batch(S.app, q, r, BATCH_N);
+    disarm();
+    for (int i = 0; i < BATCH_N; i++) {
+        a[i].doc = a[i].res.body ? json_loads(a[i].res.body, 0, NULL) : NULL;
+        expect_answer(name, n, &a[i], &b->c[i].x);
+    }
+    expect_pool_clean(name, n, S.pool);
+}
+
+/* Claims of one new coupon by three accounts (the prepare of the first
+   makes the coupon): each is made, whichever of the others failed. */
+static long long batch_coupon;
+
+static void prep_claim_batch(req_case *c, long n)
+{
+    char path[64], body[64];
+    long long who[BATCH_N] = {F.account, F.lister, F.third};
+    if (n % BATCH_N == 0)
+        batch_coupon = coupon_new(n, false);
+    snprintf(path, sizeof path, "/v1/coupons/%lld/claims", batch_coupon);
+    snprintf(body, sizeof body, "{\"account_id\":%lld}", who[n % BATCH_N]);
+    q_post(c, path, body);
+}
+
+static void sweep_batch(const char *name, void (*prepare)(req_case *, long),
+                        const char *strategy, const expect *x)
+{
+    batch_case b;
+    memset(&b, 0, sizeof b);
+    for (int i = 0; i < BATCH_N; i++)
+        b.c[i] = (req_case){.prepare = prepare, .strategy = strategy, .x = x[i]};
+    sweep(name, path_batch, &b);
+}
+
+static void sweep_batches(void)
+{
+    static const char *const STRATEGIES[] = {"atomic", "lock"};
+    char name[80];
+    for (int i = 0; i < 2; i++) {
+        expect found[BATCH_N] = {FOUND("id", "balance"), FOUND("id", "balance"),
+                                 FOUND("id", "balance")};
+        snprintf(name, sizeof name, "3 deposits, one transaction (%s)", STRATEGIES[i]);
+        sweep_batch(name, prep_deposit, STRATEGIES[i], found);
+        expect created[BATCH_N] = {CREATED("id", "total"), CREATED("id", "total"),
+                                   CREATED("id", "total")};
+        snprintf(name, sizeof name, "3 orders, one transaction (%s, keys)", STRATEGIES[i]);
+        sweep_batch(name, prep_order, STRATEGIES[i], created);
+        expect claims[BATCH_N] = {CREATED("coupon_id"), CREATED("coupon_id"),
+                                  CREATED("coupon_id")};
+        snprintf(name, sizeof name, "3 claims, one transaction (%s)", STRATEGIES[i]);
+        sweep_batch(name, prep_claim_batch, STRATEGIES[i], claims);
+    }
+}
+
 /* API.md's invariants hold whatever was cut short. */
 static void check_invariants(void)
 {
@@ -782,6 +860,7 @@ static void test_service(void **state)
                   ((expect){.status = 400, .code = "malformed_json"}));
     sweep_request("GET /openapi.yaml", prep_openapi, NULL,
                   ((expect){.status = 200, .yaml = true}));
+    sweep_batches();
     req_case cold = {.prepare = nothing, .x = FOUND("id", "balance")};
     sweep("GET /v1/accounts/{id}, new pool, token lookup", path_cold_request, &cold);
     check_invariants();

@@ -29,11 +29,14 @@ typedef struct shop_route {
     shop_access access;
     bool write;
     shop_handler handler;
+    /* Requests of this route on one row may share a transaction: its first
+       row (rows.path's, else rows.field[0]'s) is the one they combine on. */
+    const shop_combinable *combinable;
     route_rows rows;
 } shop_route;
 
-#define ROUTE(m, p, a, w, h) {m, p, m " " p, a, w, h, {0, {NULL}, {0}}}
-#define WRITE_ROUTE(m, p, a, h, ...) {m, p, m " " p, a, true, h, __VA_ARGS__}
+#define ROUTE(m, p, a, w, h) {m, p, m " " p, a, w, h, NULL, {0, {NULL}, {0}}}
+#define WRITE_ROUTE(m, p, a, h, c, ...) {m, p, m " " p, a, true, h, c, __VA_ARGS__}
 
 /* NOTE: each path takes one method, so a 405's Allow is the method of the
    route whose path matched; a path with two methods would need a combined
@@ -42,18 +45,18 @@ static const shop_route ROUTES[] = {
     ROUTE("POST", "/v1/accounts", ACCESS_ADMIN, true, accounts_create),
     ROUTE("GET", "/v1/accounts/{id}", ACCESS_OWNER_PATH, false, accounts_get),
     WRITE_ROUTE("POST", "/v1/accounts/{id}/deposits", ACCESS_OWNER_PATH,
-                accounts_deposit, {SHOP_ROW_ACCOUNT, {NULL}, {0}}),
+                accounts_deposit, &DEPOSIT_COMBINABLE, {SHOP_ROW_ACCOUNT, {NULL}, {0}}),
     ROUTE("GET", "/v1/accounts/{id}/orders", ACCESS_OWNER_PATH, false,
           accounts_orders),
     ROUTE("POST", "/v1/products", ACCESS_ADMIN, true, products_create),
     ROUTE("GET", "/v1/products/{id}", ACCESS_ANYONE, false, products_get),
     WRITE_ROUTE("POST", "/v1/products/{id}/restock", ACCESS_ADMIN,
-                products_restock, {SHOP_ROW_PRODUCT, {NULL}, {0}}),
+                products_restock, NULL, {SHOP_ROW_PRODUCT, {NULL}, {0}}),
     ROUTE("POST", "/v1/coupons", ACCESS_ADMIN, true, coupons_create),
     ROUTE("GET", "/v1/coupons/{id}", ACCESS_ANYONE, false, coupons_get),
     WRITE_ROUTE("POST", "/v1/coupons/{id}/claims", ACCESS_SIGNED_IN,
-                coupons_claim, {SHOP_ROW_COUPON, {NULL}, {0}}),
-    WRITE_ROUTE("POST", "/v1/orders", ACCESS_SIGNED_IN, orders_create,
+                coupons_claim, &CLAIM_COMBINABLE, {SHOP_ROW_COUPON, {NULL}, {0}}),
+    WRITE_ROUTE("POST", "/v1/orders", ACCESS_SIGNED_IN, orders_create, &ORDER_COMBINABLE,
                 {0, {"product_id", "account_id", "coupon_id"},
                  {SHOP_ROW_PRODUCT, SHOP_ROW_ACCOUNT, SHOP_ROW_COUPON}}),
     ROUTE("GET", "/v1/orders/{id}", ACCESS_SIGNED_IN, false, orders_get),
@@ -150,7 +153,7 @@ static void body_rows(const shop_request *req, const route_rows *rows,
 
 void shop_request_rows_of(const shop_request *req, shop_request_rows *out)
 {
-    *out = (shop_request_rows){NULL, 0, {{0, 0}}};
+    *out = (shop_request_rows){NULL, 0, {{0, 0}}, {0, 0}};
     if (req->method == NULL || req->path == NULL)
         return;
     for (size_t i = 0; i < ROUTE_COUNT; i++) {
@@ -163,6 +166,9 @@ void shop_request_rows_of(const shop_request *req, shop_request_rows *out)
         if (r->rows.path)
             add_row(out, r->rows.path, id);
         body_rows(req, &r->rows, out);
+        bool first_named = r->rows.path || (out->n > 0 && out->key[0].kind == r->rows.kind[0]);
+        if (r->combinable && first_named)
+            out->combine = out->key[0];
         return;
     }
 }
@@ -283,29 +289,57 @@ void shop_app_destroy(shop_app *app)
     free(app);
 }
 
-void shop_app_handle(shop_app *app, const shop_request *req, shop_response *res)
+/* Routing, auth and strategy: the request's route, or NULL once answered. */
+static const shop_route *request_begin(shop_app *app, const shop_request *req,
+                                       shop_response *res, shop_ctx *ctx)
 {
-    res->status = 500;
-    res->body = NULL;
-    res->retries = -1;
-    res->retry_after = 0;
-    res->route = "unknown";
-    res->strategy = NULL;
-    res->allow = NULL;
-    res->code = NULL;
-    res->content_type = NULL;
-    res->who = -1;
+    *res = (shop_response){.status = 500, .retries = -1, .route = "unknown",
+                           .who = -1};
     if (req->method == NULL || req->path == NULL) {
         reply_error(res, 404, "not_found", "no route");
-        return;
+        return NULL;
     }
-    shop_ctx ctx = {.app = app, .req = req, .res = res};
-    const shop_route *r = route_find(req, res, &ctx.id);
+    *ctx = (shop_ctx){.app = app, .req = req, .res = res};
+    const shop_route *r = route_find(req, res, &ctx->id);
     if (r == NULL)
-        return;
+        return NULL;
     res->route = r->label;
-    ctx.write = r->write;
-    if (!authorize(&ctx, r->access) || (r->write && !choose_strategy(&ctx)))
-        return;
-    r->handler(&ctx);
+    ctx->write = r->write;
+    if (!authorize(ctx, r->access) || (r->write && !choose_strategy(ctx)))
+        return NULL;
+    return r;
+}
+
+void shop_app_handle(shop_app *app, const shop_request *req, shop_response *res)
+{
+    shop_ctx ctx;
+    const shop_route *r = request_begin(app, req, res, &ctx);
+    if (r)
+        r->handler(&ctx);
+}
+
+void shop_app_handle_batch(shop_app *app, const shop_request *const *req,
+                           shop_response *const *res, int n)
+{
+    shop_ctx ctx[PGTX_BATCH_SAVEPOINT_MAX];
+    shop_ctx *group[PGTX_BATCH_SAVEPOINT_MAX];
+    const shop_combinable *c = NULL;
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (i >= PGTX_BATCH_SAVEPOINT_MAX) { /* more than http.c hands over */
+            shop_app_handle(app, req[i], res[i]);
+            continue;
+        }
+        const shop_route *r = request_begin(app, req[i], res[i], &ctx[i]);
+        if (r == NULL)
+            continue;
+        if (r->combinable == NULL || (c && r->combinable != c)) {
+            r->handler(&ctx[i]);
+            continue;
+        }
+        c = r->combinable;
+        group[m++] = &ctx[i];
+    }
+    if (m > 0)
+        combine_run(c, group, m);
 }

@@ -203,6 +203,13 @@ typedef struct shop_refusable {
    sets *answered. */
 pgtx_status run_refusable(shop_ctx *ctx, const shop_refusable *w, void *arg,
                           bool *answered, pgtx_run_info *info, pgtx_error *err);
+/* For run_refusable_from: no write ran yet. */
+#define SHOP_NOT_RUN ((pgtx_status)-1)
+/* The same after a first w->write already ran (in a batch): its status
+   `first`, its error in *err and its outcome in arg. */
+pgtx_status run_refusable_from(shop_ctx *ctx, const shop_refusable *w, void *arg,
+                               pgtx_status first, bool *answered,
+                               pgtx_run_info *info, pgtx_error *err);
 /* run_raw that answers every failure: true when it committed. */
 bool run_tx(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
             const shop_fault *fault);
@@ -298,6 +305,10 @@ typedef struct shop_bump {
     const char *atomic;
     const char *set;
     const char *overflow;  /* what a 64-bit overflow overflows, for the 422 */
+    /* Combined (atomic): $1 id, $2 the calls' deltas (bigint[]): the row
+       after each call, one per call in order; none when there is no row.
+       NULL: the route is not combined. */
+    const char *batch;
 } shop_bump;
 
 /* The two statements of a shop_bump on table.col, recording the change
@@ -313,6 +324,97 @@ typedef struct shop_bump {
     " AND ($4::bigint IS NULL OR version = $4::bigint) RETURNING " ret "),"    \
     " h AS (" history ") SELECT " ret " FROM c"
 void bump_handle(shop_ctx *ctx, const shop_bump *bump);
+extern const shop_bump DEPOSIT_BUMP; /* route_accounts.c */
+/* The combined form of BUMP_ATOMIC_SQL: one UPDATE by the sum of the
+   deltas, `history` an INSERT ... SELECT from `c` (the changed row) and
+   `d` (the calls: delta, n), and the row as each call left it. */
+#define BUMP_BATCH_SQL(table, col, history)                                    \
+    "WITH d AS (SELECT delta, n FROM unnest($2::bigint[]) WITH ORDINALITY"     \
+    " AS d(delta, n)),"                                                        \
+    " s AS (SELECT sum(delta)::bigint AS total, count(*) AS k FROM d),"        \
+    " c AS (UPDATE " table " SET " col " = " col " + s.total,"                 \
+    " version = version + s.k FROM s WHERE id = $1::bigint RETURNING " table ".*)," \
+    " h AS (" history ")"                                                      \
+    " SELECT c.id, c.name, c." col " - coalesce((SELECT sum(delta) FROM d AS"  \
+    " later WHERE later.n > d.n), 0)::bigint AS " col ","                      \
+    " c.version - (s.k - d.n) AS version FROM c, d, s ORDER BY d.n"
+
+
+/* ---- write combining (combine.c) ---------------------------------------------- */
+
+/* What the calls of one combined transaction share: the rows of its
+   set-oriented statement, one per call in call order (NULL when the
+   calls ran one by one, each with a savepoint). */
+typedef struct shop_batch {
+    PGresult *rows;
+} shop_batch;
+
+/*
+ * A write route whose requests on one row may share a transaction.  Its
+ * per-request argument (arg_size bytes, zeroed) starts with a
+ * `shop_batch *batch` member, NULL when the request runs alone.
+ */
+typedef struct shop_combinable {
+    size_t arg_size;
+    const void *data; /* the route's own, given to prepare */
+    /* Parses and checks the request into arg; false: answered, and arg
+       holds nothing to release. */
+    bool (*prepare)(shop_ctx *ctx, const void *data, void *arg);
+    /* The row the request combines on: requests run together only when it
+       is the same. */
+    int64_t (*key)(const void *arg);
+    /* atomic: set (set-oriented; batch->rows) and one; the others: one,
+       which is the request's own transaction body inside a savepoint. */
+    pgtx_batch_ops atomic_ops, rmw_ops;
+    /* Runs the prepared request alone and answers it. */
+    void (*alone)(shop_ctx *ctx, void *arg);
+    /* Answers from `call` after its batch ran; `row` is its row of
+       batch->rows when the set statement ran.  True when its write
+       committed (for the metrics). */
+    bool (*finish)(shop_ctx *ctx, void *arg, const pgtx_call *call, int row,
+                   const pgtx_run_info *info);
+    /* Frees what arg holds. */
+    void (*release)(void *arg);
+} shop_combinable;
+
+extern const shop_combinable DEPOSIT_COMBINABLE; /* store.c */
+extern const shop_combinable ORDER_COMBINABLE;   /* route_orders.c */
+extern const shop_combinable CLAIM_COMBINABLE;   /* route_coupons.c */
+
+/* The batch the call is part of, from its argument's first member. */
+shop_batch *batch_of(const void *arg);
+
+/* A transaction body run as one call of a batch: the batch's rows (of a
+   set statement tried before) no longer stand for it.  With `strategy`
+   (the call's), an atomic call runs as the lock strategy does (read,
+   judge, write): its refusal is then judged inside the batch, where the
+   calls before it have left the rows, not after it, when the calls after
+   it have changed them too. */
+pgtx_status batch_one(pgtx_tx *tx, pgtx_call *call, pgtx_tx_fn body,
+                      pgtx_strategy *strategy, pgtx_error *err);
+
+/* One call's element of an array parameter: text (buf may hold it), or
+   NULL for SQL NULL. */
+#define BATCH_ELEM_BUF 24
+typedef const char *(*batch_elem_fn)(const void *arg, char buf[BATCH_ELEM_BUF]);
+
+/* A PostgreSQL array literal with one element per call, each in double
+   quotes when `quote` (text: " and \\ escaped).  Malloc'ed (the caller
+   frees); NULL when out of memory. */
+char *batch_array(const pgtx_call *calls, int n, bool quote, batch_elem_fn elem);
+
+/* Queues a batch's set statement, its rows into the batch: $1 `key`,
+   then one array per elems[i] (quoted when quote[i]; quote may be NULL). */
+#define BATCH_ARRAYS_MAX 5
+pgtx_status batch_queue(pgtx_tx *tx, pgtx_call *calls, int n, const char *sql,
+                        const char *key, const batch_elem_fn *elems,
+                        const bool *quote, int nelems, pgtx_error *err);
+
+/* The handler of a combinable route for a request that runs alone. */
+void combinable_handle(shop_ctx *ctx, const shop_combinable *c);
+/* n requests of route c, routed, authorized and given their strategy:
+   prepares each, and runs those of one strategy and row together. */
+void combine_run(const shop_combinable *c, shop_ctx *const *ctx, int n);
 
 /* ---- route handlers (route_*.c) ------------------------------------------- */
 

@@ -85,6 +85,7 @@ typedef enum opt_id {
     OPT_POOL_TIMEOUT,
     OPT_DB_TIMEOUT,
     OPT_LOCK_TIMEOUT,
+    OPT_BATCH_LIMIT,
     OPT_STRATEGY,
     OPT_ALLOW_UNSAFE,
     OPT_LOG_LEVEL,
@@ -154,6 +155,11 @@ static const opt_spec specs[OPT_COUNT] = {
                           "wait this long for a row another transaction holds, "
                           "then 503 row_busy\n(SET LOCAL lock_timeout in each "
                           "transaction; 0: no limit)"},
+    [OPT_BATCH_LIMIT] = {"--batch-limit", "PGTX_BATCH_LIMIT", "N", 1,
+                         PGTX_BATCH_SAVEPOINT_MAX,
+                         "deposits of one account, orders of one product and "
+                         "claims of one coupon\nwaiting together run as one "
+                         "transaction of up to N (1: each its own)"},
     [OPT_STRATEGY] = {"--strategy", "PGTX_STRATEGY", "S", NOT_A_NUMBER,
                       "default write strategy: atomic, lock, optimistic, "
                       "serializable\n(naive needs --allow-unsafe)"},
@@ -213,6 +219,7 @@ static void config_defaults(shop_config *cfg)
         .pool_timeout_ms = 2000,
         .db_timeout_ms = 15000,
         .lock_timeout_ms = 1000,
+        .batch_limit = PGTX_BATCH_SAVEPOINT_MAX,
         .strategy = PGTX_STRATEGY_ATOMIC,
         .allow_unsafe = false,
         .log_level = SHOP_LOG_INFO,
@@ -240,6 +247,7 @@ static void default_text(opt_id id, const shop_config *d, char *out, size_t n)
     case OPT_POOL_TIMEOUT: snprintf(out, n, "%d", d->pool_timeout_ms); break;
     case OPT_DB_TIMEOUT: snprintf(out, n, "%d", d->db_timeout_ms); break;
     case OPT_LOCK_TIMEOUT: snprintf(out, n, "%d", d->lock_timeout_ms); break;
+    case OPT_BATCH_LIMIT: snprintf(out, n, "%d", d->batch_limit); break;
     case OPT_STRATEGY: snprintf(out, n, "atomic"); break;
     case OPT_ALLOW_UNSAFE: snprintf(out, n, "off"); break;
     case OPT_LOG_LEVEL: snprintf(out, n, "info"); break;
@@ -452,6 +460,7 @@ static bool apply(opt_id id, origin o, const char *s, targets t)
     case OPT_POOL_TIMEOUT: return set_int(id, o, s, &cfg->pool_timeout_ms);
     case OPT_DB_TIMEOUT: return set_int(id, o, s, &cfg->db_timeout_ms);
     case OPT_LOCK_TIMEOUT: return set_int(id, o, s, &cfg->lock_timeout_ms);
+    case OPT_BATCH_LIMIT: return set_int(id, o, s, &cfg->batch_limit);
     case OPT_STRATEGY: return parse_strategy(o, s, &cfg->strategy);
     case OPT_ALLOW_UNSAFE: return parse_bool(o, s, &cfg->allow_unsafe);
     case OPT_LOG_LEVEL: return parse_level(o, s, &cfg->log_level);

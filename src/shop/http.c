@@ -446,7 +446,7 @@ typedef struct http_job {
     shop_request_rows rows; /* what the write changes, named before it runs */
     bool rows_held;        /* it holds its rows' places in shop_http's gate */
     struct http_job *wait_prev, *wait_next; /* in shop_http's waiting list */
-    long long wait_until;  /* CLOCK_MONOTONIC ms: then 503 row_busy */
+    long long wait_until;  /* CLOCK_MONOTONIC ms: then 503 (see wait_deadline) */
 } http_job;
 
 /* Jobs whose rows have their share in flight, oldest first: suspended,
@@ -488,6 +488,9 @@ struct shop_http {
     row_gate *gate;          /* owned: places per row in flight */
     wait_list waiting;       /* jobs waiting for their rows' turn */
     long long row_waits, row_wait_expired;
+    long long batches[SHOP_BATCH_BUCKETS]; /* combined runs by size */
+    long long batch_calls;
+    int batch_largest;
     int cap;                 /* of each queue (jobs: with waiting) */
     int busy;                /* jobs on a worker now */
     int suspended;           /* connections suspended and not yet answered */
@@ -548,6 +551,10 @@ static void add_headers(shop_http *h, struct MHD_Response *resp,
     if (job->res.retry_after > 0) {
         snprintf(num, sizeof num, "%d", job->res.retry_after);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, num);
+    }
+    if (job->res.batch > 0) {
+        snprintf(num, sizeof num, "%d", job->res.batch);
+        MHD_add_response_header(resp, "Pgtx-Batch", num);
     }
     if (job->res.allow)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, job->res.allow);
@@ -664,7 +671,9 @@ static shop_http_gauges gauges(shop_http *h)
 {
     pthread_mutex_lock(&h->mu);
     shop_http_gauges g = {h->jobs.count, h->cap, h->busy, h->nworkers, 0, 0, 0, 0, 0,
-                          h->waiting.count, h->row_waits, h->row_wait_expired};
+                          h->waiting.count, h->row_waits, h->row_wait_expired,
+                          {0}, h->batch_calls, h->batch_largest};
+    memcpy(g.batches, h->batches, sizeof g.batches);
     pthread_mutex_unlock(&h->mu);
     guard_gauges(&h->guard, &g);
     return g;
@@ -691,6 +700,14 @@ static void route_metrics(shop_http *h, http_job *job)
     job->content_type = "text/plain; version=0.0.4; charset=utf-8";
 }
 
+/* A 500 is our bug, never the client's: keep what the server said. */
+static void log_internal(const http_job *job)
+{
+    if (job->res.status == 500)
+        shop_log(SHOP_LOG_ERROR, "req=%llu %s %s: %s", job->id, job->req.method,
+                 job->req.path, job->res.body ? job->res.body : "(no body)");
+}
+
 static void run_job(shop_http *h, http_job *job)
 {
     job->res = response_new();
@@ -700,10 +717,24 @@ static void run_job(shop_http *h, http_job *job)
         route_metrics(h, job);
     else
         shop_app_handle(h->app, &job->req, &job->res);
-    /* A 500 is our bug, never the client's: keep what the server said. */
-    if (job->res.status == 500)
-        shop_log(SHOP_LOG_ERROR, "req=%llu %s %s: %s", job->id, job->req.method,
-                 job->req.path, job->res.body ? job->res.body : "(no body)");
+    log_internal(job);
+}
+
+/* The leader and the jobs it took along (chained on wait_next), handled
+   together: the app runs them as one transaction. */
+static void run_batch(shop_http *h, http_job *lead, int n)
+{
+    const shop_request *req[PGTX_BATCH_SAVEPOINT_MAX];
+    shop_response *res[PGTX_BATCH_SAVEPOINT_MAX];
+    int i = 0;
+    for (http_job *j = lead; j && i < n; j = j->wait_next, i++) {
+        j->res = response_new();
+        req[i] = &j->req;
+        res[i] = &j->res;
+    }
+    shop_app_handle_batch(h->app, req, res, i);
+    for (http_job *j = lead; j && n-- > 0; j = j->wait_next)
+        log_internal(j);
 }
 
 /* ---- rows in flight (all under shop_http's mu) ------------------------------ */
@@ -767,11 +798,11 @@ static void admit_waiting(shop_http *h)
 
 /* Takes j out of the waiting list with a 503 row_busy, chained on
    wait_next onto `done` with state JOB_DONE, for resume_all once unlocked. */
-static http_job *refuse_waiting(shop_http *h, http_job *j, const char *why,
-                                http_job *done)
+static http_job *refuse_waiting(shop_http *h, http_job *j, const char *code,
+                                const char *why, http_job *done)
 {
     wait_unlink(&h->waiting, j);
-    set_error(&j->res, 503, "row_busy", why, 1);
+    set_error(&j->res, 503, code, why, 1);
     j->res.route = j->rows.route;
     j->res.retries = 0;
     j->state = JOB_DONE;
@@ -780,16 +811,29 @@ static http_job *refuse_waiting(shop_http *h, http_job *j, const char *why,
     return j;
 }
 
-/* Waiting jobs past their deadline.  The list is in deadline order (one
-   wait for all, oldest first). */
+/* Waiting jobs past their deadline (all of them are looked at: at most
+   --queue). */
 static http_job *expire_waiting(shop_http *h, long long now, http_job *done)
 {
-    http_job *j;
-    while ((j = h->waiting.head) != NULL && j->wait_until <= now)
-        done = refuse_waiting(h, j, "a row this request needs is busy: other "
-                              "requests have been changing it for longer than "
-                              "the lock wait", done);
+    http_job *next;
+    for (http_job *j = h->waiting.head; j; j = next) {
+        next = j->wait_next;
+        if (j->wait_until <= now)
+            done = refuse_waiting(h, j, "row_busy", "a row this request needs is "
+                                  "busy: other requests have been changing it for "
+                                  "longer than the lock wait", done);
+    }
     return done;
+}
+
+/* The earliest deadline of a waiting job, or NO_DEADLINE. */
+static long long next_deadline(const shop_http *h)
+{
+    long long at = NO_DEADLINE;
+    for (const http_job *j = h->waiting.head; j; j = j->wait_next)
+        if (j->wait_until < at)
+            at = j->wait_until;
+    return at;
 }
 
 /* `ran` found one of its rows locked for the whole lock wait: the jobs
@@ -802,7 +846,7 @@ static http_job *refuse_behind(shop_http *h, const http_job *ran, http_job *done
     for (http_job *j = h->waiting.head; j; j = next) {
         next = j->wait_next;
         if (row_keys_overlap(j->rows.key, j->rows.n, ran->rows.key, ran->rows.n))
-            done = refuse_waiting(h, j, "a row this request needs is locked by "
+            done = refuse_waiting(h, j, "row_busy", "a row this request needs is locked by "
                                   "another transaction", done);
     }
     return done;
@@ -826,15 +870,14 @@ static void resume_all(http_job *done)
 static void wait_for_work(shop_http *h, job_queue *q)
 {
     while (q->count == 0 && !h->closed) {
-        http_job *oldest = q == &h->jobs ? h->waiting.head : NULL;
-        if (oldest == NULL || oldest->wait_until == NO_DEADLINE) {
+        long long until = q == &h->jobs ? next_deadline(h) : NO_DEADLINE;
+        if (until == NO_DEADLINE) {
             pthread_cond_wait(&q->ready, &h->mu);
             continue;
         }
-        if (oldest->wait_until <= now_ms())
+        if (until <= now_ms())
             return;
-        struct timespec at = {(time_t)(oldest->wait_until / 1000),
-                              (long)(oldest->wait_until % 1000) * 1000000L};
+        struct timespec at = {(time_t)(until / 1000), (long)(until % 1000) * 1000000L};
         pthread_cond_timedwait(&q->ready, &h->mu, &at);
     }
 }
@@ -861,6 +904,80 @@ static http_job *take_job(shop_http *h, job_queue *q)
     }
 }
 
+/* The wait for a row's turn (or its lane's) ends with the lock wait it
+   stands for. */
+static long long wait_deadline(const shop_http *h)
+{
+    int ms = h->cfg->lock_timeout_ms;
+    return ms > 0 ? now_ms() + ms : NO_DEADLINE;
+}
+
+/* ---- write combining (under shop_http's mu) --------------------------------- */
+
+/* Whether the job's write may share a transaction with others of its lane. */
+static bool combines(const shop_http *h, const http_job *job)
+{
+    return h->cfg->batch_limit > 1 && job->rows.combine.kind != 0;
+}
+
+/* The lane (see SHOP_ROW_LANE) that lets one batch of the job's row in
+   flight; the others wait in h->waiting, where the next batch takes them. */
+static void add_lane(const shop_http *h, http_job *job)
+{
+    if (combines(h, job) && job->rows.n < SHOP_ROW_KEYS_MAX)
+        job->rows.key[job->rows.n++] =
+            (shop_row_key){job->rows.combine.kind | SHOP_ROW_LANE, job->rows.combine.id};
+}
+
+static bool same_lane(const http_job *a, const http_job *b)
+{
+    return a->rows.route == b->rows.route && a->rows.combine.kind == b->rows.combine.kind &&
+           a->rows.combine.id == b->rows.combine.id;
+}
+
+/* The waiting jobs of lead's lane, oldest first, up to --batch-limit in
+   all: taken out of the waiting list and chained after lead on wait_next.
+   They ride on lead's holds: one worker and one connection for them all.
+   Returns how many jobs the batch has, lead included. */
+static int take_lane(shop_http *h, http_job *lead)
+{
+    int n = 1;
+    http_job *tail = lead, *next;
+    lead->wait_next = NULL;
+    if (!combines(h, lead))
+        return 1;
+    for (http_job *j = h->waiting.head; j && n < h->cfg->batch_limit; j = next) {
+        next = j->wait_next;
+        if (!same_lane(j, lead))
+            continue;
+        wait_unlink(&h->waiting, j);
+        j->wait_next = NULL;
+        tail->wait_next = j;
+        tail = j;
+        n++;
+    }
+    int bucket = 0;
+    while ((1 << bucket) < n && bucket < SHOP_BATCH_BUCKETS - 1)
+        bucket++;
+    h->batches[bucket]++;
+    h->batch_calls += n;
+    if (n > h->batch_largest)
+        h->batch_largest = n;
+    return n;
+}
+
+/* A transaction of lead's lane ended without finding the row locked: the
+   jobs still waiting in the lane wait the lock wait anew from now.  Their
+   deadline stands for the row being held elsewhere, not for the batches
+   ahead of them, which take the oldest first, up to --batch-limit each. */
+static void lane_progressed(shop_http *h, const http_job *lead)
+{
+    long long until = wait_deadline(h);
+    for (http_job *j = h->waiting.head; j; j = j->wait_next)
+        if (same_lane(j, lead))
+            j->wait_until = until;
+}
+
 /* The job ran: its rows' places go to the jobs waiting for them. */
 static http_job *release_rows(shop_http *h, http_job *job)
 {
@@ -870,6 +987,8 @@ static http_job *release_rows(shop_http *h, http_job *job)
         job->rows_held = false;
         if (job->res.code && strcmp(job->res.code, "row_busy") == 0)
             refused = refuse_behind(h, job, refused);
+        else if (combines(h, job))
+            lane_progressed(h, job);
     }
     refused = expire_waiting(h, now_ms(), refused);
     admit_waiting(h);
@@ -881,16 +1000,27 @@ static void serve_queue(shop_http *h, job_queue *q)
 {
     http_job *job;
     while ((job = take_job(h, q)) != NULL) {
-        run_job(h, job);
-        /* Once resumed, the event thread may answer and free the job at any
+        pthread_mutex_lock(&h->mu);
+        int n = q == &h->jobs ? take_lane(h, job) : 1;
+        pthread_mutex_unlock(&h->mu);
+        if (n > 1 || combines(h, job))
+            run_batch(h, job, n);
+        else
+            run_job(h, job);
+        /* Once resumed, the event thread may answer and free a job at any
            moment: nothing of it is touched after MHD_resume_connection. */
-        struct MHD_Connection *conn = job->conn;
+        struct MHD_Connection *conns[PGTX_BATCH_SAVEPOINT_MAX];
+        int k = 0;
         pthread_mutex_lock(&h->mu);
         http_job *expired = release_rows(h, job);
-        job->state = JOB_DONE;
+        for (http_job *j = job; j && k < n; j = j->wait_next) {
+            conns[k++] = j->conn;
+            j->state = JOB_DONE;
+        }
         h->busy -= q->busy;
         pthread_mutex_unlock(&h->mu);
-        MHD_resume_connection(conn);
+        for (int i = 0; i < k; i++)
+            MHD_resume_connection(conns[i]);
         resume_all(expired);
     }
 }
@@ -1165,13 +1295,6 @@ static placement place_job(shop_http *h, job_queue *q, http_job *job)
     return PLACE_NOMEM;
 }
 
-/* The wait for a row's turn ends with the lock wait it stands for. */
-static long long wait_deadline(const shop_http *h)
-{
-    int ms = h->cfg->lock_timeout_ms;
-    return ms > 0 ? now_ms() + ms : NO_DEADLINE;
-}
-
 /* Suspend the request and queue it on q (or among the jobs waiting for
    their rows), or say at once that there is no room (`waiting` names what
    waits, for the 503's message). */
@@ -1212,6 +1335,7 @@ static enum MHD_Result dispatch(shop_http *h, http_job *job)
                           "the request body is larger than the server accepts");
     job->req.body = job->req.body_len ? job->buf : NULL;
     shop_request_rows_of(&job->req, &job->rows);
+    add_lane(h, job);
     /* A /healthz goes to its own thread's queue, never the workers'. */
     if (strcmp(job->req.path, "/healthz") == 0)
         return put_job(h, &h->health_jobs, job, "health checks");

@@ -337,6 +337,26 @@ static void render_runner(FILE *f, const pgtx_pool_stats *s)
             s->socket_timeouts);
 }
 
+/* Combined writes: a histogram of requests per transaction (deposits of
+   one account, orders of one product, claims of one coupon). */
+static void render_batches(FILE *f, const shop_http_gauges *g)
+{
+    header(f, "http_batch_size", "histogram",
+           "Requests per combined write transaction (1: ran alone; see "
+           "--batch-limit).");
+    long long count = 0;
+    for (int i = 0; i < SHOP_BATCH_BUCKETS; i++) {
+        count += g->batches[i];
+        fprintf(f, "pgtx_shop_http_batch_size_bucket{le=\"%d\"} %lld\n", 1 << i, count);
+    }
+    fprintf(f, "pgtx_shop_http_batch_size_bucket{le=\"+Inf\"} %lld\n"
+               "pgtx_shop_http_batch_size_sum %lld\n"
+               "pgtx_shop_http_batch_size_count %lld\n",
+            count, g->batch_calls, count);
+    gauge(f, "http_batch_largest", "The most requests one combined transaction took.",
+          g->batch_largest);
+}
+
 static void render_http(FILE *f, const shop_http_gauges *g)
 {
     gauge(f, "http_queue_depth", "Requests waiting for a worker.", g->queue_depth);
@@ -369,6 +389,7 @@ static void render_http(FILE *f, const shop_http_gauges *g)
             "Requests answered 503 row_busy while waiting for their row's turn: "
             "after --lock-timeout-ms, or when one ahead found the row locked.",
             (uint64_t)g->row_wait_expired);
+    render_batches(f, g);
 }
 
 char *shop_metrics_render(shop_metrics *m, pgtx_pool *pool,

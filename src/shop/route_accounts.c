@@ -87,15 +87,21 @@ void accounts_get(shop_ctx *ctx)
     "INSERT INTO ledger (account_id, amount, kind)"                            \
     " SELECT id, $2::bigint, 'deposit' FROM c"
 
-static const shop_bump DEPOSIT = {
+/* Combined: the ledger rows of every call, in call order. */
+#define DEPOSIT_BATCH_LEDGER                                                   \
+    "INSERT INTO ledger (account_id, amount, kind)"                            \
+    " SELECT c.id, d.delta, 'deposit' FROM c, d ORDER BY d.n"
+
+const shop_bump DEPOSIT_BUMP = {
     .counter = &COUNTER_BALANCE,
     .field = "amount",
     .atomic = BUMP_ATOMIC_SQL("account", "balance", ACCOUNT_COLUMNS, DEPOSIT_LEDGER),
     .set = BUMP_SET_SQL("account", "balance", ACCOUNT_COLUMNS, DEPOSIT_LEDGER),
     .overflow = "the balance plus the amount",
+    .batch = BUMP_BATCH_SQL("account", "balance", DEPOSIT_BATCH_LEDGER),
 };
 
 void accounts_deposit(shop_ctx *ctx)
 {
-    bump_handle(ctx, &DEPOSIT);
+    combinable_handle(ctx, &DEPOSIT_COMBINABLE);
 }

@@ -1,6 +1,8 @@
 /* route_coupons.c — POST /v1/coupons, GET /v1/coupons/{id}, POST /v1/coupons/{id}/claims. */
 #include "app_internal.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const shop_field COUPON_FIELDS[] = {
@@ -45,6 +47,7 @@ void coupons_get(shop_ctx *ctx)
 }
 
 typedef struct claim_arg {
+    shop_batch *batch; /* first: see shop_combinable */
     int64_t coupon, account;
     pgtx_strategy strategy;
     PGresult *coupon_row;   /* read: remaining, version */
@@ -99,6 +102,34 @@ static pgtx_status claim_read(pgtx_tx *tx, claim_arg *a, pgtx_error *err)
     return st != PGTX_OK ? st : pgtx_flush(tx, err);
 }
 
+/* Why a claim is refused, in the order the errors are reported. */
+typedef enum claim_refusal {
+    CLAIM_NO_COUPON,
+    CLAIM_NO_ACCOUNT,
+    CLAIM_CLAIMED_BEFORE,
+    CLAIM_EXHAUSTED
+} claim_refusal;
+
+static pgtx_status claim_fault(claim_arg *a, claim_refusal why, pgtx_error *err)
+{
+    switch (why) {
+    case CLAIM_NO_COUPON:
+        return counter_fault(&a->fault, err, &COUNTER_REMAINING, a->coupon,
+                             COUNTER_MISSING, "coupon_exhausted", "none left");
+    case CLAIM_NO_ACCOUNT:
+        return fault_abort(&a->fault, err, 404, "not_found", "account %lld not found",
+                           (long long)a->account);
+    case CLAIM_CLAIMED_BEFORE:
+        return fault_abort(&a->fault, err, 409, "coupon_already_claimed",
+                           "account %lld already claimed coupon %lld",
+                           (long long)a->account, (long long)a->coupon);
+    case CLAIM_EXHAUSTED:
+        break;
+    }
+    return counter_fault(&a->fault, err, &COUNTER_REMAINING, a->coupon,
+                         COUNTER_FLOOR, "coupon_exhausted", "none left");
+}
+
 /* The reads' verdict, in the order the errors are reported: a missing
    coupon or account, a claim already made, none left.  OK with the new
    remaining count and the version read. */
@@ -107,15 +138,13 @@ static pgtx_status claim_judge(claim_arg *a, int64_t *next, int64_t *version,
 {
     counter_result cr = counter_next(a->coupon_row, -1, next, version);
     if (cr == COUNTER_MISSING)
-        return counter_fault(&a->fault, err, &COUNTER_REMAINING, a->coupon, cr,
-                             "coupon_exhausted", "none left");
+        return claim_fault(a, CLAIM_NO_COUPON, err);
     if (PQgetvalue(a->facts, 0, 0)[0] != 't')
-        return fault_abort(&a->fault, err, 404, "not_found", "account %lld not found",
-                           (long long)a->account);
+        return claim_fault(a, CLAIM_NO_ACCOUNT, err);
     if (PQgetvalue(a->facts, 0, 1)[0] == 't')
-        return fault_abort(&a->fault, err, 409, "coupon_already_claimed",
-                           "account %lld already claimed coupon %lld",
-                           (long long)a->account, (long long)a->coupon);
+        return claim_fault(a, CLAIM_CLAIMED_BEFORE, err);
+    if (cr == COUNTER_FLOOR)
+        return claim_fault(a, CLAIM_EXHAUSTED, err);
     return counter_fault(&a->fault, err, &COUNTER_REMAINING, a->coupon, cr,
                          "coupon_exhausted", "none left");
 }
@@ -190,25 +219,126 @@ static bool claim_changed_nothing(pgtx_status st, const pgtx_error *err, const v
 static const shop_refusable CLAIM_WRITE = {claim_tx, claim_explain_tx, claim_wrote,
                                            claim_changed_nothing, "claim"};
 
-void coupons_claim(shop_ctx *ctx)
+static bool claim_prepare(shop_ctx *ctx, const void *data, void *p)
 {
+    (void)data;
+    claim_arg *a = p;
     shop_body b;
     if (!body_parse(ctx, CLAIM_FIELDS, 1, &b))
-        return;
-    claim_arg a = {.coupon = ctx->id, .account = b.num[0], .strategy = ctx->strategy};
+        return false;
+    *a = (claim_arg){.coupon = ctx->id, .account = b.num[0], .strategy = ctx->strategy};
     body_free(&b);
-    if (!auth_may_act_for(ctx, a.account))
-        return;
+    return auth_may_act_for(ctx, a->account);
+}
+
+static bool claim_reply_created(shop_ctx *ctx, const claim_arg *a)
+{
+    reply_json(ctx->res, 201, json_pack("{s:I,s:I}", "coupon_id", (json_int_t)a->coupon,
+                                        "account_id", (json_int_t)a->account));
+    return true;
+}
+
+/* The answer once the claim's write ran (`first`: its status, `err` its
+   error), or ran again alone when it changed nothing for a reason that did
+   not last.  True when it committed. */
+static bool claim_conclude(shop_ctx *ctx, claim_arg *a, pgtx_status first,
+                           pgtx_run_info *info, pgtx_error *err)
+{
+    bool answered;
+    pgtx_status st = run_refusable_from(ctx, &CLAIM_WRITE, a, first, &answered,
+                                        info, err);
+    if (answered)
+        return false;
+    if (st == PGTX_OK)
+        return claim_reply_created(ctx, a);
+    if (!claim_refused(ctx, a, st, err))
+        reply_failure(ctx->res, st, info, err, &a->fault);
+    return false;
+}
+
+static void claim_alone(shop_ctx *ctx, void *p)
+{
     pgtx_run_info info;
     pgtx_error err;
-    bool answered;
-    pgtx_status st = run_refusable(ctx, &CLAIM_WRITE, &a, &answered, &info, &err);
-    if (answered)
-        ;
-    else if (st == PGTX_OK)
-        reply_json(ctx->res, 201, json_pack("{s:I,s:I}", "coupon_id", (json_int_t)a.coupon,
-                                            "account_id", (json_int_t)a.account));
-    else if (!claim_refused(ctx, &a, st, &err))
-        reply_failure(ctx->res, st, &info, &err, &a.fault);
-    claim_reset(&a);
+    claim_conclude(ctx, p, SHOP_NOT_RUN, &info, &err);
+}
+
+/* shop_claim_batch's outcomes, as claim_refusal (-1: claimed). */
+static int claim_outcome(const char *o)
+{
+    static const char *const REFUSALS[] = {
+        [CLAIM_NO_COUPON] = "no_coupon", [CLAIM_NO_ACCOUNT] = "no_account",
+        [CLAIM_CLAIMED_BEFORE] = "claimed_before", [CLAIM_EXHAUSTED] = "exhausted"};
+    for (int i = 0; i < (int)(sizeof REFUSALS / sizeof REFUSALS[0]); i++)
+        if (strcmp(o, REFUSALS[i]) == 0)
+            return i;
+    return -1;
+}
+
+static bool claim_finish(shop_ctx *ctx, void *p, const pgtx_call *call, int row,
+                         const pgtx_run_info *info)
+{
+    claim_arg *a = p;
+    const PGresult *rows = a->batch->rows;
+    if (call->status == PGTX_OK && rows && row < PQntuples(rows)) {
+        int why = claim_outcome(PQgetvalue(rows, row, 1));
+        if (why < 0)
+            return claim_reply_created(ctx, a);
+        pgtx_error e;
+        reply_failure(ctx->res, claim_fault(a, (claim_refusal)why, &e), info, &e,
+                      &a->fault);
+        return false;
+    }
+    pgtx_run_info inf = *info;
+    pgtx_error err = call->err;
+    return claim_conclude(ctx, a, call->status, &inf, &err);
+}
+
+static const char *claim_account(const void *p, char buf[BATCH_ELEM_BUF])
+{
+    snprintf(buf, BATCH_ELEM_BUF, "%lld", (long long)((const claim_arg *)p)->account);
+    return buf;
+}
+
+static pgtx_status claim_set(pgtx_tx *tx, pgtx_call *calls, int n, pgtx_error *err)
+{
+    const claim_arg *first = calls[0].arg;
+    const batch_elem_fn elems[1] = {claim_account};
+    shop_num coupon = num_of(first->coupon);
+    return batch_queue(tx, calls, n, "SELECT o_n, o_outcome FROM shop_claim_batch"
+                       "($1::bigint, $2::bigint[]) ORDER BY o_n",
+                       coupon.s, elems, NULL, 1, err);
+}
+
+/* One call of a batch (see batch_one). */
+static pgtx_status claim_one(pgtx_tx *tx, pgtx_call *call, pgtx_error *err)
+{
+    claim_arg *a = call->arg;
+    return batch_one(tx, call, claim_tx, &a->strategy, err);
+}
+
+static int64_t claim_key(const void *p)
+{
+    return ((const claim_arg *)p)->coupon;
+}
+
+static void claim_release(void *p)
+{
+    claim_reset(p);
+}
+
+const shop_combinable CLAIM_COMBINABLE = {
+    .arg_size = sizeof(claim_arg),
+    .prepare = claim_prepare,
+    .key = claim_key,
+    .atomic_ops = {claim_set, claim_one},
+    .rmw_ops = {NULL, claim_one},
+    .alone = claim_alone,
+    .finish = claim_finish,
+    .release = claim_release,
+};
+
+void coupons_claim(shop_ctx *ctx)
+{
+    combinable_handle(ctx, &CLAIM_COMBINABLE);
 }

@@ -23,6 +23,7 @@
 
 #include <sodium.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const shop_field ORDER_FIELDS[] = {
@@ -52,6 +53,7 @@ typedef struct order_plan {
 } order_plan;
 
 typedef struct order_arg {
+    shop_batch *batch; /* first: see shop_combinable */
     /* the request, its parameters as text */
     int64_t account, product, quantity;
     int64_t coupon;                       /* 0: none */
@@ -123,6 +125,69 @@ static pgtx_status order_read(pgtx_tx *tx, order_arg *a, pgtx_error *err)
     return st != PGTX_OK ? st : pgtx_flush(tx, err);
 }
 
+/* The faults of an order, in the order they are reported; each message
+   is written once, for the reads' verdict and for shop_order_batch's. */
+typedef enum order_refusal {
+    ORDER_KEY_REUSED,
+    ORDER_NO_ACCOUNT,
+    ORDER_NO_PRODUCT,
+    ORDER_NO_COUPON,
+    ORDER_OVERFLOW,
+    ORDER_OUT_OF_STOCK,
+    ORDER_COUPON_NOT_CLAIMED,
+    ORDER_COUPON_ALREADY_USED,
+    ORDER_INSUFFICIENT_FUNDS,
+    ORDER_REFUSALS
+} order_refusal;
+
+/* `order` is the key's earlier order (KEY_REUSED), `total` the order's
+   total (INSUFFICIENT_FUNDS). */
+static pgtx_status order_fault(order_arg *a, order_refusal why, const char *order,
+                               int64_t total, pgtx_error *err)
+{
+    shop_fault *f = &a->fault;
+    switch (why) {
+    case ORDER_KEY_REUSED:
+        return fault_abort(f, err, 422, "idempotency_key_reused",
+                           "this Idempotency-Key was used for order %s, "
+                           "with a different request", order);
+    case ORDER_NO_ACCOUNT:
+        return fault_abort(f, err, 404, "not_found", "account %s not found",
+                           a->account_s.s);
+    case ORDER_NO_PRODUCT:
+        return fault_abort(f, err, 404, "not_found", "product %s not found",
+                           a->product_s.s);
+    case ORDER_NO_COUPON:
+        return fault_abort(f, err, 404, "not_found", "coupon %s not found",
+                           a->coupon_s.s);
+    case ORDER_OVERFLOW:
+        return fault_abort(f, err, 422, "out_of_range",
+                           "price * quantity would not fit in 64 bits");
+    case ORDER_OUT_OF_STOCK: {
+        char why_text[64];
+        snprintf(why_text, sizeof why_text, "fewer than %lld left", (long long)a->quantity);
+        return counter_fault(f, err, &COUNTER_STOCK, a->product, COUNTER_FLOOR,
+                             "out_of_stock", why_text);
+    }
+    case ORDER_COUPON_NOT_CLAIMED:
+        return fault_abort(f, err, 409, "coupon_not_claimed",
+                           "account %s has not claimed coupon %s", a->account_s.s,
+                           a->coupon_s.s);
+    case ORDER_COUPON_ALREADY_USED:
+        return fault_abort(f, err, 409, "coupon_already_used",
+                           "account %s already used coupon %s on an order",
+                           a->account_s.s, a->coupon_s.s);
+    case ORDER_INSUFFICIENT_FUNDS:
+    case ORDER_REFUSALS:
+        break;
+    }
+    char why_text[80];
+    snprintf(why_text, sizeof why_text, "the balance is below the total %lld",
+             (long long)total);
+    return counter_fault(f, err, &COUNTER_BALANCE, a->account, COUNTER_FLOOR,
+                         "insufficient_funds", why_text);
+}
+
 /* An earlier order under this key: replayed when it was asked with the
    same request, else 422.  Nothing found changes nothing. */
 static pgtx_status judge_key(order_arg *a, pgtx_error *err)
@@ -131,9 +196,7 @@ static pgtx_status judge_key(order_arg *a, pgtx_error *err)
     if (r == NULL || PQntuples(r) == 0)
         return PGTX_OK;
     if (PQgetvalue(r, 0, ORDER_NCOLS)[0] != 't')
-        return fault_abort(&a->fault, err, 422, "idempotency_key_reused",
-                           "this Idempotency-Key was used for order %s, "
-                           "with a different request", PQgetvalue(r, 0, 0));
+        return order_fault(a, ORDER_KEY_REUSED, PQgetvalue(r, 0, 0), 0, err);
     a->row = r;
     a->reads.key = NULL;
     a->replayed = true;
@@ -145,21 +208,17 @@ static pgtx_status judge_price(order_arg *a, order_plan *plan, pgtx_error *err)
 {
     int64_t stock;
     if (PQntuples(a->reads.account) != 1)
-        return fault_abort(&a->fault, err, 404, "not_found", "account %s not found",
-                           a->account_s.s);
+        return order_fault(a, ORDER_NO_ACCOUNT, NULL, 0, err);
     if (pgtx_result_int64(a->reads.product, 0, 0, &stock) != PGTX_OK ||
         pgtx_result_int64(a->reads.product, 0, 1, &plan->product_version) != PGTX_OK ||
         pgtx_result_int64(a->reads.product, 0, 2, &plan->unit_price) != PGTX_OK)
-        return fault_abort(&a->fault, err, 404, "not_found", "product %s not found",
-                           a->product_s.s);
+        return order_fault(a, ORDER_NO_PRODUCT, NULL, 0, err);
     plan->discount = 0;
     if (a->coupon &&
         pgtx_result_int64(a->reads.coupon, 0, 0, &plan->discount) != PGTX_OK)
-        return fault_abort(&a->fault, err, 404, "not_found", "coupon %s not found",
-                           a->coupon_s.s);
+        return order_fault(a, ORDER_NO_COUPON, NULL, 0, err);
     if (plan->unit_price > 0 && a->quantity > INT64_MAX / plan->unit_price)
-        return fault_abort(&a->fault, err, 422, "out_of_range",
-                           "price * quantity would not fit in 64 bits");
+        return order_fault(a, ORDER_OVERFLOW, NULL, 0, err);
     int64_t gross = plan->unit_price * a->quantity;
     plan->total = gross > plan->discount ? gross - plan->discount : 0;
     return PGTX_OK;
@@ -170,13 +229,9 @@ static pgtx_status judge_claim(order_arg *a, pgtx_error *err)
     if (!a->coupon)
         return PGTX_OK;
     if (PQntuples(a->reads.claim) == 0)
-        return fault_abort(&a->fault, err, 409, "coupon_not_claimed",
-                           "account %s has not claimed coupon %s", a->account_s.s,
-                           a->coupon_s.s);
+        return order_fault(a, ORDER_COUPON_NOT_CLAIMED, NULL, 0, err);
     if (!PQgetisnull(a->reads.claim, 0, 0))
-        return fault_abort(&a->fault, err, 409, "coupon_already_used",
-                           "account %s already used coupon %s on an order",
-                           a->account_s.s, a->coupon_s.s);
+        return order_fault(a, ORDER_COUPON_ALREADY_USED, NULL, 0, err);
     return PGTX_OK;
 }
 
@@ -188,25 +243,17 @@ static pgtx_status order_judge(order_arg *a, order_plan *plan, pgtx_error *err)
     pgtx_status st = judge_key(a, err);
     if (st != PGTX_OK || a->replayed || (st = judge_price(a, plan, err)) != PGTX_OK)
         return st;
+    /* stock and balance: both >= 0 and the changes <= 0, so only FLOOR */
     counter_result cr = counter_next(a->reads.product, -a->quantity, &plan->stock,
                                      &plan->product_version);
-    if (cr != COUNTER_DONE) {
-        char why[64];
-        snprintf(why, sizeof why, "fewer than %lld left", (long long)a->quantity);
-        return counter_fault(&a->fault, err, &COUNTER_STOCK, a->product, cr,
-                             "out_of_stock", why);
-    }
+    if (cr != COUNTER_DONE)
+        return order_fault(a, ORDER_OUT_OF_STOCK, NULL, 0, err);
     if ((st = judge_claim(a, err)) != PGTX_OK)
         return st;
     cr = counter_next(a->reads.account, -plan->total, &plan->balance,
                       &plan->account_version);
-    if (cr != COUNTER_DONE) {
-        char why[80];
-        snprintf(why, sizeof why, "the balance is below the total %lld",
-                 (long long)plan->total);
-        return counter_fault(&a->fault, err, &COUNTER_BALANCE, a->account, cr,
-                             "insufficient_funds", why);
-    }
+    if (cr != COUNTER_DONE)
+        return order_fault(a, ORDER_INSUFFICIENT_FUNDS, NULL, plan->total, err);
     return PGTX_OK;
 }
 
@@ -400,35 +447,184 @@ static bool order_wrote(const void *p)
 static const shop_refusable ORDER_WRITE = {order_tx, explain_tx, order_wrote,
                                            order_refused, "order"};
 
-void orders_create(shop_ctx *ctx)
+static bool order_prepare(shop_ctx *ctx, const void *data, void *p)
 {
+    (void)data;
+    order_arg *a = p;
     shop_body b;
     if (!body_parse(ctx, ORDER_FIELDS, 4, &b))
-        return;
-    order_arg a = {.account = b.num[0], .product = b.num[1], .quantity = b.num[2],
-                   .coupon = b.present[3] ? b.num[3] : 0,
-                   .key = ctx->req->idempotency_key, .strategy = ctx->strategy};
+        return false;
+    *a = (order_arg){.account = b.num[0], .product = b.num[1], .quantity = b.num[2],
+                     .coupon = b.present[3] ? b.num[3] : 0,
+                     .key = ctx->req->idempotency_key, .strategy = ctx->strategy};
     body_free(&b);
-    if (!key_valid(ctx, a.key) || !auth_may_act_for(ctx, a.account))
-        return;
-    a.account_s = num_of(a.account);
-    a.product_s = num_of(a.product);
-    a.quantity_s = num_of(a.quantity);
-    a.coupon_s = num_of(a.coupon);
-    request_hash(&a);
+    if (!key_valid(ctx, a->key) || !auth_may_act_for(ctx, a->account))
+        return false;
+    a->account_s = num_of(a->account);
+    a->product_s = num_of(a->product);
+    a->quantity_s = num_of(a->quantity);
+    a->coupon_s = num_of(a->coupon);
+    request_hash(a);
+    return true;
+}
+
+/* The answer once the order's write ran (`first`: its status, `err` its
+   error; SHOP_NOT_RUN: not yet), explained or run again alone when it
+   changed nothing.  True when it committed or replayed. */
+static bool order_conclude(shop_ctx *ctx, order_arg *a, pgtx_status first,
+                           pgtx_run_info *info, pgtx_error *err)
+{
+    bool answered;
+    pgtx_status st = run_refusable_from(ctx, &ORDER_WRITE, a, first, &answered,
+                                        info, err);
+    if (key_conflict(st, err, a)) /* a twin holds the key: its order */
+        st = run_raw(ctx, ctx->app->reader, replay_tx, a, info, err);
+    if (answered)
+        return false;
+    if (st == PGTX_OK) {
+        order_reply(ctx, a);
+        return true;
+    }
+    reply_failure(ctx->res, st, info, err, &a->fault);
+    return false;
+}
+
+static void order_alone(shop_ctx *ctx, void *p)
+{
     pgtx_run_info info;
     pgtx_error err;
-    bool answered;
-    pgtx_status st = run_refusable(ctx, &ORDER_WRITE, &a, &answered, &info, &err);
-    if (key_conflict(st, &err, &a)) /* a twin holds the key: its order */
-        st = run_raw(ctx, ctx->app->reader, replay_tx, &a, &info, &err);
-    if (answered)
-        ;
-    else if (st == PGTX_OK)
-        order_reply(ctx, &a);
-    else
-        reply_failure(ctx->res, st, &info, &err, &a.fault);
-    order_reset(&a);
+    order_conclude(ctx, p, SHOP_NOT_RUN, &info, &err);
+}
+
+/* shop_order_batch's outcome names, as order_refusal; the two that are
+   not refusals after them. */
+static const char *const ORDER_OUTCOMES[ORDER_REFUSALS] = {
+    [ORDER_KEY_REUSED] = "key_reused", [ORDER_NO_ACCOUNT] = "no_account",
+    [ORDER_NO_PRODUCT] = "no_product", [ORDER_NO_COUPON] = "no_coupon",
+    [ORDER_OVERFLOW] = "overflow", [ORDER_OUT_OF_STOCK] = "out_of_stock",
+    [ORDER_COUPON_NOT_CLAIMED] = "coupon_not_claimed",
+    [ORDER_COUPON_ALREADY_USED] = "coupon_already_used",
+    [ORDER_INSUFFICIENT_FUNDS] = "insufficient_funds"};
+
+/* Columns of shop_order_batch's rows (as SET_SELECT names them). */
+#define SET_COL_N ORDER_NCOLS
+#define SET_COL_OUTCOME (ORDER_NCOLS + 1)
+
+static bool order_set_reply(shop_ctx *ctx, order_arg *a, const PGresult *rows, int row)
+{
+    const char *outcome = PQgetvalue(rows, row, SET_COL_OUTCOME);
+    bool replayed = strcmp(outcome, "replayed") == 0;
+    if (replayed || strcmp(outcome, "created") == 0) {
+        reply_json(ctx->res, replayed ? 200 : 201, row_json(rows, row, ORDER_NCOLS));
+        return true;
+    }
+    int64_t total = 0;
+    (void)pgtx_result_int64(rows, row, 6, &total);
+    for (int why = 0; why < ORDER_REFUSALS; why++) {
+        if (strcmp(outcome, ORDER_OUTCOMES[why]) != 0)
+            continue;
+        pgtx_error e;
+        pgtx_status st = order_fault(a, (order_refusal)why, PQgetvalue(rows, row, 0),
+                                     total, &e);
+        reply_failure(ctx->res, st, NULL, &e, &a->fault);
+        return false;
+    }
+    reply_error(ctx->res, 500, "internal", "unknown outcome '%s' of a combined order",
+                outcome);
+    return false;
+}
+
+static bool order_finish(shop_ctx *ctx, void *p, const pgtx_call *call, int row,
+                         const pgtx_run_info *info)
+{
+    order_arg *a = p;
+    const PGresult *rows = a->batch->rows;
+    if (call->status == PGTX_OK && rows && row < PQntuples(rows))
+        return order_set_reply(ctx, a, rows, row);
+    pgtx_run_info inf = *info;
+    pgtx_error err = call->err;
+    return order_conclude(ctx, a, call->status, &inf, &err);
+}
+
+static const char *elem_account(const void *p, char *buf)
+{
+    (void)buf;
+    return ((const order_arg *)p)->account_s.s;
+}
+
+static const char *elem_quantity(const void *p, char *buf)
+{
+    (void)buf;
+    return ((const order_arg *)p)->quantity_s.s;
+}
+
+static const char *elem_coupon(const void *p, char *buf)
+{
+    (void)buf;
+    return coupon_param(p);
+}
+
+static const char *elem_key(const void *p, char *buf)
+{
+    (void)buf;
+    return ((const order_arg *)p)->key;
+}
+
+static const char *elem_hash(const void *p, char *buf)
+{
+    (void)buf;
+    const order_arg *a = p;
+    return a->key ? a->hash : NULL;
+}
+
+static const char SET_SELECT[] =
+    "SELECT o_id AS id, o_account_id AS account_id, o_product_id AS product_id,"
+    " o_quantity AS quantity, o_unit_price AS unit_price, o_discount AS discount,"
+    " o_total AS total, o_coupon_id AS coupon_id, o_n, o_outcome"
+    " FROM shop_order_batch($1::bigint, $2::bigint[], $3::bigint[], $4::bigint[],"
+    " $5::text[], $6::bytea[]) ORDER BY o_n";
+
+/* Every call in shop_order_batch: one statement, sent with COMMIT. */
+static pgtx_status order_set(pgtx_tx *tx, pgtx_call *calls, int n, pgtx_error *err)
+{
+    const order_arg *first = calls[0].arg;
+    const batch_elem_fn elems[5] = {elem_account, elem_quantity, elem_coupon,
+                                    elem_key, elem_hash};
+    const bool quote[5] = {false, false, false, true, true};
+    return batch_queue(tx, calls, n, SET_SELECT, first->product_s.s, elems, quote, 5, err);
+}
+
+/* One call of a batch (see batch_one). */
+static pgtx_status order_one(pgtx_tx *tx, pgtx_call *call, pgtx_error *err)
+{
+    order_arg *a = call->arg;
+    return batch_one(tx, call, order_tx, &a->strategy, err);
+}
+
+static int64_t order_key(const void *p)
+{
+    return ((const order_arg *)p)->product;
+}
+
+static void order_release(void *p)
+{
+    order_reset(p);
+}
+
+const shop_combinable ORDER_COMBINABLE = {
+    .arg_size = sizeof(order_arg),
+    .prepare = order_prepare,
+    .key = order_key,
+    .atomic_ops = {order_set, order_one},
+    .rmw_ops = {NULL, order_one},
+    .alone = order_alone,
+    .finish = order_finish,
+    .release = order_release,
+};
+
+void orders_create(shop_ctx *ctx)
+{
+    combinable_handle(ctx, &ORDER_COMBINABLE);
 }
 
 void orders_get(shop_ctx *ctx)

@@ -72,7 +72,7 @@ static bool seen_before(const shop_row_key *rows, int i)
 row_gate_result row_gate_enter(row_gate *g, const shop_row_key *rows, int n)
 {
     for (int i = 0; i < n; i++)
-        if (held(g, rows[i]) >= g->per_row)
+        if (held(g, rows[i]) >= ((rows[i].kind & SHOP_ROW_LANE) ? 1 : g->per_row))
             return ROW_GATE_FULL;
     for (int i = 0; i < n; i++) {
         if (seen_before(rows, i))

@@ -87,7 +87,8 @@ typedef enum row_gate_result {
 /* per_row >= 1 requests per row at once.  NULL when out of memory. */
 row_gate *row_gate_create(int per_row);
 void row_gate_destroy(row_gate *g);
-/* Takes one hold on each of the n rows, or none. */
+/* Takes one hold on each of the n rows, or none.  A lane (a kind with
+   SHOP_ROW_LANE) takes one hold at a time, whatever per_row. */
 row_gate_result row_gate_enter(row_gate *g, const shop_row_key *rows, int n);
 /* Gives back the holds that row_gate_enter took. */
 void row_gate_leave(row_gate *g, const shop_row_key *rows, int n);
@@ -110,6 +111,12 @@ typedef struct shop_http_gauges {
     int row_waiting;                 /* requests waiting for their row's turn */
     long long row_waits;             /* requests that waited for it */
     long long row_wait_expired;      /* answered row_busy before their turn */
+    /* Combined writes: transactions by requests in them (at most 1, 2, 4,
+       ... 64), and those requests in all. */
+#define SHOP_BATCH_BUCKETS 7
+    long long batches[SHOP_BATCH_BUCKETS];
+    long long batch_calls;
+    int batch_largest;
 } shop_http_gauges;
 
 /* NULL when out of memory.  Release with shop_metrics_destroy(). */

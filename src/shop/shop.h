@@ -54,6 +54,7 @@ typedef struct shop_config {
     int pool_timeout_ms;      /* checkout timeout -> 503 overloaded */
     int db_timeout_ms;        /* socket timeout: no answer -> 503; 0: none */
     int lock_timeout_ms;      /* SET LOCAL lock_timeout per write; 0: none */
+    int batch_limit;          /* calls per combined transaction; 1: off */
     pgtx_strategy strategy;   /* default write strategy */
     bool allow_unsafe;        /* accept naive */
     shop_log_level log_level;
@@ -105,6 +106,8 @@ typedef struct shop_response {
     const char *code;    /* static error code of the body, for logs, or NULL */
     const char *content_type; /* static; NULL: application/json */
     int64_t who;         /* for logs: the account acting, 0 the admin, -1 nobody */
+    int batch;           /* Pgtx-Batch: requests that shared its transaction;
+                            0: no header (not a combinable write) */
 } shop_response;
 
 /* A row that a write changes, named before the write runs, so that
@@ -122,12 +125,22 @@ typedef struct shop_row_key {
     int64_t id;
 } shop_row_key;
 
-#define SHOP_ROW_KEYS_MAX 3
+/* Or'ed into a kind: not a row but its lane of combined writes (deposits
+   of an account, orders of a product, claims of a coupon), of which one
+   batch is in flight at a time (see http.c). */
+#define SHOP_ROW_LANE 0x100
+
+/* The rows a request names, plus its lane when combining is on. */
+#define SHOP_ROW_KEYS_MAX 4
 
 typedef struct shop_request_rows {
     const char *route; /* static label of the write route, or NULL */
     int n;             /* rows named; 0 for reads and unknown requests */
     shop_row_key key[SHOP_ROW_KEYS_MAX];
+    /* The row whose writes may share a transaction (the account of a
+       deposit, the product of an order, the coupon of a claim); kind 0:
+       none, the request runs alone. */
+    shop_row_key combine;
 } shop_request_rows;
 
 /* The rows the request's write would change, from its path and body
@@ -147,6 +160,13 @@ void shop_app_destroy(shop_app *app);
    Called on a worker thread; may block on the database. */
 void shop_app_handle(shop_app *app, const shop_request *req,
                      shop_response *res);
+
+/* Handles n >= 1 requests of one route and one combine row (the same
+   shop_request_rows.combine) together: those that pass their checks share
+   one transaction per strategy (pgtx_run_batch), each answered as if it ran
+   alone, with res[i].batch set.  Same contract as shop_app_handle. */
+void shop_app_handle_batch(shop_app *app, const shop_request *const *req,
+                           shop_response *const *res, int n);
 
 /* ---- migrations (migrate.c) ---------------------------------------------- */
 

@@ -2,6 +2,7 @@
 #include "app_internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Type oids of the columns the shop selects (pg_type.h is server-side). */
@@ -64,10 +65,19 @@ pgtx_status run_raw(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
 pgtx_status run_refusable(shop_ctx *ctx, const shop_refusable *w, void *arg,
                           bool *answered, pgtx_run_info *info, pgtx_error *err)
 {
+    return run_refusable_from(ctx, w, arg, SHOP_NOT_RUN, answered, info, err);
+}
+
+pgtx_status run_refusable_from(shop_ctx *ctx, const shop_refusable *w, void *arg,
+                               pgtx_status first, bool *answered,
+                               pgtx_run_info *info, pgtx_error *err)
+{
     *answered = false;
     for (int i = 0; i < REFUSABLE_TRIES; i++) {
-        pgtx_status st = run_counted(ctx, engine_for(ctx), w->write, arg, w->wrote,
-                                     info, err);
+        pgtx_status st = i == 0 && first != SHOP_NOT_RUN
+                             ? first
+                             : run_counted(ctx, engine_for(ctx), w->write, arg,
+                                           w->wrote, info, err);
         if (!w->refused(st, err, arg))
             return st;
         /* read-only and not the request's write: not counted as one */
@@ -255,6 +265,7 @@ void bytea_hex(const unsigned char hash[SHOP_HASH_BYTES],
 /* ---- a counter and the record of its change (deposit, restock) ------------------ */
 
 typedef struct bump_arg {
+    shop_batch *batch; /* first: see shop_combinable */
     const shop_bump *bump;
     int64_t id, delta;
     pgtx_strategy strategy;
@@ -303,26 +314,110 @@ static bool bump_wrote(const void *p)
     return PQntuples(((const bump_arg *)p)->row) == 1;
 }
 
-void bump_handle(shop_ctx *ctx, const shop_bump *bump)
+static bool bump_prepare(shop_ctx *ctx, const void *data, void *p)
 {
+    const shop_bump *bump = data;
+    bump_arg *a = p;
     shop_body b;
     shop_field field = {bump->field, SHOP_FIELD_INT, 1, false};
     if (!body_parse(ctx, &field, 1, &b))
-        return;
-    bump_arg a = {.bump = bump, .id = ctx->id, .delta = b.num[0],
-                  .strategy = ctx->strategy};
+        return false;
+    *a = (bump_arg){.bump = bump, .id = ctx->id, .delta = b.num[0],
+                    .strategy = ctx->strategy};
     body_free(&b);
+    return true;
+}
+
+/* The answer of a bump that ran: the row it left, or 404. */
+static bool bump_reply(shop_ctx *ctx, bump_arg *a, const PGresult *rows, int row)
+{
+    if (row < PQntuples(rows)) {
+        reply_json(ctx->res, 200, row_json(rows, row, -1));
+        return true;
+    }
+    /* no such row, so nothing was changed */
+    reply_error(ctx->res, 404, "not_found", "%s %lld not found",
+                a->bump->counter->what, (long long)a->id);
+    return false;
+}
+
+static void bump_alone(shop_ctx *ctx, void *p)
+{
+    bump_arg *a = p;
     pgtx_run_info info;
     pgtx_error err;
-    pgtx_status st = run_counted(ctx, engine_for(ctx), bump_tx, &a, bump_wrote,
+    pgtx_status st = run_counted(ctx, engine_for(ctx), bump_tx, a, bump_wrote,
                                  &info, &err);
     if (st != PGTX_OK)
-        reply_failure(ctx->res, st, &info, &err, &a.fault);
-    else if (PQntuples(a.row) == 1)
-        reply_row(ctx->res, 200, a.row);
-    else /* atomic: no such row, so nothing was changed */
-        reply_error(ctx->res, 404, "not_found", "%s %lld not found",
-                    bump->counter->what, (long long)a.id);
-    PQclear(a.row);
-    PQclear(a.read);
+        reply_failure(ctx->res, st, &info, &err, &a->fault);
+    else
+        bump_reply(ctx, a, a->row, 0);
 }
+
+static bool bump_finish(shop_ctx *ctx, void *p, const pgtx_call *call, int row,
+                        const pgtx_run_info *info)
+{
+    bump_arg *a = p;
+    if (call->status != PGTX_OK) {
+        reply_failure(ctx->res, call->status, info, &call->err, &a->fault);
+        return false;
+    }
+    if (a->batch->rows)
+        return bump_reply(ctx, a, a->batch->rows, row);
+    return bump_reply(ctx, a, a->row, 0);
+}
+
+static void bump_release(void *p)
+{
+    bump_arg *a = p;
+    result_reset(&a->row);
+    result_reset(&a->read);
+}
+
+static int64_t bump_key(const void *p)
+{
+    return ((const bump_arg *)p)->id;
+}
+
+static const char *bump_delta(const void *p, char buf[BATCH_ELEM_BUF])
+{
+    snprintf(buf, BATCH_ELEM_BUF, "%lld", (long long)((const bump_arg *)p)->delta);
+    return buf;
+}
+
+/* Every call's delta in one statement; its rows are read once the batch
+   has run.  An overflow fails it: the calls then run one by one, and only
+   the one that overflows is refused. */
+static pgtx_status bump_set(pgtx_tx *tx, pgtx_call *calls, int n, pgtx_error *err)
+{
+    const bump_arg *first = calls[0].arg;
+    const batch_elem_fn elems[1] = {bump_delta};
+    shop_num id = num_of(first->id);
+    return batch_queue(tx, calls, n, first->bump->batch, id.s, elems, NULL, 1, err);
+}
+
+static pgtx_status bump_one(pgtx_tx *tx, pgtx_call *call, pgtx_error *err)
+{
+    return batch_one(tx, call, bump_tx, NULL, err);
+}
+
+void bump_handle(shop_ctx *ctx, const shop_bump *bump)
+{
+    bump_arg a;
+    if (bump_prepare(ctx, bump, &a)) {
+        bump_alone(ctx, &a);
+        bump_release(&a);
+    }
+}
+
+const shop_combinable DEPOSIT_COMBINABLE = {
+    .arg_size = sizeof(bump_arg),
+    .data = &DEPOSIT_BUMP,
+    .prepare = bump_prepare,
+    .key = bump_key,
+    .atomic_ops = {bump_set, bump_one},
+    .rmw_ops = {NULL, bump_one},
+    .alone = bump_alone,
+    .finish = bump_finish,
+    .release = bump_release,
+};

@@ -200,8 +200,10 @@ class LockHolder:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self.send("SET idle_in_transaction_session_timeout = '60s';\nBEGIN;\n"
+                  "SELECT 'pid=' || pg_backend_pid();\n"
                   "SELECT id FROM %s WHERE id = %d FOR UPDATE;\n\\echo locked" % (table, row_id))
-        self.wait_for("locked")
+        seen = self.wait_for("locked")
+        self.pid = int(re.search(rb"pid=(\d+)", seen).group(1))
 
     def send(self, script):
         self.proc.stdin.write((script + "\n").encode())
@@ -219,6 +221,19 @@ class LockHolder:
                 chunk = os.read(fd, 4096)
                 check(chunk, lambda: "the lock holder (psql) exited: %r" % seen)
                 seen += chunk
+        return seen
+
+    def waiters(self, application="pgtx-shop"):
+        """Backends of `application` waiting, directly or behind another
+        waiter, for this holder's lock (other servers on the same cluster,
+        of tests running at the same time, do not count)."""
+        rows = sql_json(
+            "WITH RECURSIVE b(pid) AS (SELECT pid FROM pg_stat_activity"
+            " WHERE %d = ANY(pg_blocking_pids(pid))"
+            " UNION SELECT a.pid FROM pg_stat_activity a, b WHERE b.pid = ANY(pg_blocking_pids(a.pid)))"
+            " SELECT count(*) AS n FROM b JOIN pg_stat_activity s USING (pid)"
+            " WHERE s.application_name = '%s'" % (self.pid, application))
+        return rows[0]["n"]
 
     def holding(self):
         """Whether the lock is surely still held (psql alive, not released)."""

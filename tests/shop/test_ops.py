@@ -351,8 +351,11 @@ def check_overload(h):
         log("overload (queue): " + overload_round(h, s, " ".join(flags), 2, False))
     finally:
         s.stop()
+    # Each deposit its own transaction (--batch-limit 1), so that they queue
+    # for the one pooled connection; combined, they would wait in their
+    # row's lane instead (test_combining).
     flags = ["--threads", "8", "--pool-size", "1", "--max-overflow", "0", "--pool-timeout-ms", "50",
-             "--lock-timeout-ms", "0"]
+             "--lock-timeout-ms", "0", "--batch-limit", "1"]
     s = h.start_server(extra=flags, name="pool1")
     try:
         log("overload (pool): " + overload_round(h, s, " ".join(flags), 1, True))

@@ -18,6 +18,11 @@ while three times as many buyers as the server has workers order it:
   never more than 2 backends wait on the lock at once, the waiting ones
   are answered together with the first lock timeout, and nothing changed.
 
+Those run with --batch-limit 1 (each order its own transaction).  With
+write combining on (the default), the orders of one product have a lane:
+one transaction of them in flight, so exactly 1 backend waits on the lock
+and all the other buyers wait for their turn, then share one transaction.
+
 usage: PGTX_SHOP_BINARY=build/pgtx-shop python3 -m unittest test_row_turns
        (from tests/shop), or python3 test_row_turns.py PGTX_SHOP_BINARY
 """
@@ -42,13 +47,6 @@ DEADLINE = 20.0 * SLOW     # for anything the server must do while the lock is h
 LOCK_TIMEOUT_MS = 500
 
 
-def lock_waiters():
-    """Backends of pgtx-shop waiting on a lock now."""
-    rows = shoplib.sql_json("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'pgtx-shop'"
-                            " AND wait_event_type = 'Lock'")
-    return rows[0]["n"]
-
-
 def order(addr, buyer, product):
     c = shoplib.Client(*addr)
     try:
@@ -61,15 +59,16 @@ def order(addr, buyer, product):
 class Sampler(threading.Thread):
     """The most backends seen waiting on a lock at once, until stop()."""
 
-    def __init__(self):
+    def __init__(self, holder):
         super().__init__(daemon=True)
+        self.holder = holder
         self.most, self.samples = 0, 0
         self._stop_event = threading.Event()
 
     def run(self):
         end = time.monotonic() + DEADLINE
         while not self._stop_event.is_set() and time.monotonic() < end:
-            self.most = max(self.most, lock_waiters())
+            self.most = max(self.most, self.holder.waiters())
             self.samples += 1
             time.sleep(0.02)
 
@@ -82,7 +81,8 @@ class Unbounded(shoplib.ShopTestCase):
     """No lock wait bound: writes of the held row wait as long as it is held."""
 
     SERVER_EXTRA = ("--threads", str(THREADS), "--pool-size", str(THREADS), "--max-overflow", "0",
-                    "--lock-timeout-ms", "0")
+                    "--lock-timeout-ms", "0", "--batch-limit", "1")
+    IN_FLIGHT = ROW_IN_FLIGHT
 
     def test_held_row_takes_two_workers(self):
         c = self.client()
@@ -90,14 +90,16 @@ class Unbounded(shoplib.ShopTestCase):
         buyers = [self.account(BALANCE) for _ in range(BUYERS)]
         someone = self.account(BALANCE)
         waiting0 = shoplib.metric(c, "pgtx_shop_http_row_waits_total")
+        taken0 = shoplib.metric(c, "pgtx_shop_http_batch_size_sum")
         holder = shoplib.LockHolder("product", hot["id"])
         try:
             with concurrent.futures.ThreadPoolExecutor(BUYERS) as ex:
                 stuck = [ex.submit(order, self.srv.addr, b, hot) for b in buyers]
-                wait_until(lambda: shoplib.metric(c, "pgtx_shop_http_row_waiting") == BUYERS - ROW_IN_FLIGHT,
-                           DEADLINE, "%d orders waiting for the held row's turn" % (BUYERS - ROW_IN_FLIGHT))
-                wait_until(lambda: lock_waiters() >= ROW_IN_FLIGHT, DEADLINE, "backends waiting on the row lock")
-                waiters = lock_waiters()
+                wait_until(lambda: self.queued(c, taken0), DEADLINE,
+                           lambda _: "%d orders waiting for the held row's turn (%d are)"
+                           % (BUYERS - self.IN_FLIGHT, shoplib.metric(c, "pgtx_shop_http_row_waiting")))
+                wait_until(lambda: holder.waiters() >= self.IN_FLIGHT, DEADLINE, "backends waiting on the row lock")
+                waiters = holder.waiters()
                 # the rest of the service: answered while the row is held
                 t0 = time.monotonic()
                 r_other = order(self.srv.addr, someone, other)
@@ -105,33 +107,58 @@ class Unbounded(shoplib.ShopTestCase):
                                   token=someone["token"])
                 r_get = c.request("GET", "/v1/products/%d" % hot["id"])
                 took = time.monotonic() - t0
-                still = lock_waiters()
+                still = holder.waiters()
                 check(not any(f.done() for f in stuck), "an order of the held row was answered while it was held")
                 holder.release()
                 answers = [f.result(timeout=DEADLINE) for f in stuck]
         finally:
             holder.close()
         log("held row: %d orders, %d backends on the row lock, %d waiting for their turn; another order, a "
-            "deposit and a read answered in %.1f ms meanwhile" % (BUYERS, waiters, BUYERS - ROW_IN_FLIGHT,
+            "deposit and a read answered in %.1f ms meanwhile" % (BUYERS, waiters, BUYERS - self.IN_FLIGHT,
                                                                  took * 1000))
-        check(waiters == ROW_IN_FLIGHT and still == ROW_IN_FLIGHT,
-              "backends waiting on the held row: %d, then %d; want %d" % (waiters, still, ROW_IN_FLIGHT))
+        check(waiters == self.IN_FLIGHT and still == self.IN_FLIGHT,
+              "backends waiting on the held row: %d, then %d; want %d" % (waiters, still, self.IN_FLIGHT))
         check(r_other.status == 201, lambda: "order of another product: %r" % r_other)
         check(r_dep.status == 200, lambda: "deposit: %r" % r_dep)
         check(r_get.status == 200 and r_get.json["stock"] == STOCK, lambda: "read of the held product: %r" % r_get)
         bad = [r for r in answers if r.status != 201]
         check(not bad, lambda: "orders of the released row: %s" % bad[:3])
         waits = shoplib.metric(c, "pgtx_shop_http_row_waits_total") - waiting0
-        check(waits >= BUYERS - ROW_IN_FLIGHT, "row_waits_total rose by %d" % waits)
+        check(waits >= BUYERS - self.IN_FLIGHT, "row_waits_total rose by %d" % waits)
+        sizes = [int(r.headers.get("pgtx-batch") or 0) for r in answers]
+        transactions = sum(1.0 / k for k in sizes if k > 0)
+        log("Pgtx-Batch of the buyers' answers: %s: %.0f transaction(s)" % (sorted(set(sizes)), transactions))
+        if self.IN_FLIGHT == 1:
+            check(all(sizes) and round(transactions) <= 2, "Pgtx-Batch %s: want the buyers in at most 2 "
+                  "transactions (the one that waited on the lock, and the rest)" % sizes)
+
+    def queued(self, c, taken0):
+        """Every buyer in flight or waiting for its turn."""
+        return shoplib.metric(c, "pgtx_shop_http_row_waiting") == BUYERS - self.IN_FLIGHT
         check(self.h.get("/v1/products/%d" % hot["id"])["stock"] == STOCK - BUYERS, "stock after the release")
         self.check_invariants(what="after the held row was released")
+
+
+class UnboundedCombining(Unbounded):
+    """The same with write combining: one transaction of the row in flight
+    (the lane), every other buyer waiting for its turn."""
+
+    SERVER_EXTRA = ("--threads", str(THREADS), "--pool-size", str(THREADS), "--max-overflow", "0",
+                    "--lock-timeout-ms", "0", "--batch-limit", "64")
+    IN_FLIGHT = 1
+
+    def queued(self, c, taken0):
+        """Every buyer in the transaction on the lock or waiting for the
+        next: requests that arrived together may all be in the first."""
+        taken = shoplib.metric(c, "pgtx_shop_http_batch_size_sum") - taken0
+        return taken + shoplib.metric(c, "pgtx_shop_http_row_waiting") == BUYERS
 
 
 class Bounded(shoplib.ShopTestCase):
     """--lock-timeout-ms: writes of the held row are refused, fast and all."""
 
     SERVER_EXTRA = ("--threads", str(THREADS), "--pool-size", str(THREADS), "--max-overflow", "0",
-                    "--lock-timeout-ms", str(LOCK_TIMEOUT_MS))
+                    "--lock-timeout-ms", str(LOCK_TIMEOUT_MS), "--batch-limit", "1")
 
     def test_held_row_refuses_the_queue(self):
         c = self.client()
@@ -142,7 +169,7 @@ class Bounded(shoplib.ShopTestCase):
                                   % shoplib.id_array(b["id"] for b in buyers))
         expired0 = shoplib.metric(c, "pgtx_shop_http_row_wait_expired_total")
         holder = shoplib.LockHolder("product", hot["id"])
-        sampler = Sampler()
+        sampler = Sampler(holder)
         try:
             sampler.start()
             t0 = time.monotonic()
