@@ -21,7 +21,7 @@ static void usage(FILE *to)
         "\n"
         "Hammer hot rows with many clients through one pgtx pool, one run per\n"
         "strategy and client count, check the invariants after each run, and\n"
-        "print a table (or JSON, or an SVG plot).\n"
+        "print a table (or JSON, or an SVG plot), with write combining off and on.\n"
         "\n"
         "  --scenario NAME    counter (default): one hot row incremented;\n"
         "                     coupon: a coupon of --quantity claimed once per account;\n"
@@ -31,6 +31,11 @@ static void usage(FILE *to)
         "  --strategy S       naive|atomic|lock|optimistic|serializable, a comma list,\n"
         "                     or all (default); naive is the unsafe read-modify-write,\n"
         "                     shown to demonstrate the lost update\n"
+        "  --combining MODE   off: each operation its own transaction; on: the\n"
+        "                     clients' calls go through one pgtx_combiner (max_batch\n"
+        "                     %d, a savepoint per call; atomic also set-oriented),\n"
+        "                     one batch per hot row in flight; both (default): a run\n"
+        "                     of each, side by side\n"
         "  --clients LIST     client threads per run, e.g. 1,8,32,64 (default 8;\n"
         "                     1..%d each, at most %d counts)\n"
         "  --duration SECS    length of each run (default %g; at most %g)\n"
@@ -61,7 +66,7 @@ static void usage(FILE *to)
         "connection string too); 3 could not run (database unreachable, cluster\n"
         "failed to start, unexpected SQL error, plot not written).  Each non-zero\n"
         "status comes with one line on stderr saying why.\n",
-        BENCH_SPREAD_ROWS, BENCH_MAX_CLIENTS, BENCH_MAX_CLIENT_COUNTS,
+        BENCH_SPREAD_ROWS, BENCH_MAX_BATCH, BENCH_MAX_CLIENTS, BENCH_MAX_CLIENT_COUNTS,
         DEFAULT_DURATION_S, MAX_DURATION_S, (long long)BENCH_MAX_OPS,
         OPS_TIME_LIMIT_S, RACE_DEFAULT_DATA_DIR, RACE_DATA_DIR_ENV);
 }
@@ -138,6 +143,18 @@ static bool set_strategy(bench_config *cfg, const char *v, char *err, size_t len
 {
     memset(cfg->strategies, 0, sizeof cfg->strategies);
     return each_item(v, add_strategy, cfg, err, len);
+}
+
+static bool set_combining(bench_config *cfg, const char *v, char *err, size_t len)
+{
+    bool off = strcmp(v, "off") == 0, on = strcmp(v, "on") == 0;
+    if (!off && !on && strcmp(v, "both") != 0) {
+        snprintf(err, len, "'%s' is not off, on or both", v);
+        return false;
+    }
+    cfg->combining[false] = !on;
+    cfg->combining[true] = !off;
+    return true;
 }
 
 static bool add_clients(bench_config *cfg, const char *v, char *err, size_t len)
@@ -248,6 +265,7 @@ typedef struct option_def {
 static const option_def OPTIONS[] = {
     {"--scenario", true, set_scenario},   {"--strategy", true, set_strategy},
     {"--clients", true, set_clients},     {"--duration", true, set_duration},
+    {"--combining", true, set_combining},
     {"--ops", true, set_ops},             {"--pool-size", true, set_pool_size},
     {"--quantity", true, set_quantity},   {"--stock", true, set_stock},
     {"--database", true, set_database},   {"--data-dir", true, set_data_dir},
@@ -296,6 +314,7 @@ static void config_defaults(bench_config *cfg)
     cfg->scenario = BENCH_COUNTER;
     for (int i = 0; i < PGTX_STRATEGY_COUNT; i++)
         cfg->strategies[i] = true;
+    cfg->combining[false] = cfg->combining[true] = true;
     cfg->clients[0] = 8;
     cfg->nclients = 1;
     cfg->pool_size = 8;
@@ -440,20 +459,20 @@ typedef struct bench_session {
 } bench_session;
 
 /* On a terminal, say what is running: a long --clients list takes a while. */
-static void progress(const char *what, int clients)
+static void progress(const char *what, const char *how, int clients)
 {
     if (isatty(STDERR_FILENO))
-        fprintf(stderr, "pgtx-race bench: %s with %d clients...\n", what, clients);
+        fprintf(stderr, "pgtx-race bench: %s%s with %d clients...\n", what, how, clients);
 }
 
-static bool run_one(bench_session *s, pgtx_strategy st, int clients, char *err,
-                    size_t errlen)
+static bool run_one(bench_session *s, pgtx_strategy st, int clients, bool combined,
+                    char *err, size_t errlen)
 {
     bench_env *env = s->env;
     bench_result *r = &s->rs[s->n];
-    progress(pgtx_strategy_name(st), clients);
+    progress(pgtx_strategy_name(st), combined ? ", combining on," : "", clients);
     if (!bench_setup(env->admin, env->cfg, err, errlen) ||
-        !bench_run(env, st, clients, r, err, errlen) ||
+        !bench_run(env, st, clients, combined, r, err, errlen) ||
         !bench_check(env->admin, env->cfg, r, err, errlen))
         return false;
     s->n++;
@@ -475,7 +494,7 @@ static void measure_pgbench(bench_session *s, int clients, int first)
     double tps = 0;
     if (s->pgbench_missing)
         return;
-    progress("pgbench", clients);
+    progress("pgbench", "", clients);
     bench_pgbench_status st = BENCH_PGBENCH_FAILED;
     if (bench_setup(s->env->admin, s->env->cfg, err, sizeof err))
         st = bench_pgbench_run(s->env->cfg, s->env->conninfo, clients, &tps, err,
@@ -503,8 +522,10 @@ static bool run_all(bench_session *s, char *err, size_t errlen)
         int first = s->n;
         for (int i = 0; i < PGTX_STRATEGY_COUNT; i++) {
             pgtx_strategy st = RACE_STRATEGY_ORDER[i];
-            if (cfg->strategies[st] && !run_one(s, st, cfg->clients[c], err, errlen))
-                return false;
+            for (int on = 0; on < 2 && cfg->strategies[st]; on++)
+                if (cfg->combining[on] &&
+                    !run_one(s, st, cfg->clients[c], on, err, errlen))
+                    return false;
         }
         if (cfg->pgbench)
             measure_pgbench(s, cfg->clients[c], first);
@@ -547,9 +568,9 @@ static int report(bench_session *s, char *server)
     }
     for (int i = 0; i < s->n && rc == RACE_EXIT_BROKEN; i++)
         if (pgtx_strategy_is_safe(s->rs[i].strategy) && !s->rs[i].correct) {
-            fprintf(stderr, "pgtx-race bench: %s with %d clients broke an invariant: %s\n",
-                    pgtx_strategy_name(s->rs[i].strategy), s->rs[i].clients,
-                    s->rs[i].detail);
+            fprintf(stderr, "pgtx-race bench: %s with %d clients, combining %s, broke "
+                            "an invariant: %s\n", pgtx_strategy_name(s->rs[i].strategy),
+                    s->rs[i].clients, s->rs[i].combined ? "on" : "off", s->rs[i].detail);
             break;
         }
     return rc;
@@ -561,7 +582,8 @@ static int bench_with(const bench_config *cfg, const char *conninfo)
     bench_env env = {0};
     bench_session s = {.env = &env};
     int rc = RACE_EXIT_CANNOT_RUN;
-    s.rs = calloc((size_t)(strategy_count(cfg) * cfg->nclients), sizeof *s.rs);
+    int modes = cfg->combining[false] + cfg->combining[true];
+    s.rs = calloc((size_t)(strategy_count(cfg) * cfg->nclients * modes), sizeof *s.rs);
     if (s.rs == NULL)
         snprintf(err, sizeof err, "out of memory");
     else if (env_open(&env, cfg, conninfo, err, sizeof err) &&

@@ -16,6 +16,9 @@
 #define BENCH_SPREAD_ROWS 1000
 #define BENCH_ORDER_ACCOUNTS 1000
 #define BENCH_PRICE 100 /* minor units; every 5th account holds less */
+/* Calls one combined batch may take: libpgtx's savepoint limit, so that
+   every strategy's `one` callback can run it. */
+#define BENCH_MAX_BATCH PGTX_BATCH_SAVEPOINT_MAX
 
 typedef enum bench_scenario {
     BENCH_COUNTER = 0, /* one hot row incremented */
@@ -48,6 +51,7 @@ typedef enum bench_outcome {
 typedef struct bench_config {
     bench_scenario scenario;
     bool strategies[PGTX_STRATEGY_COUNT];
+    bool combining[2]; /* [false]: each op its own transaction; [true]: pgtx_combine */
     int clients[BENCH_MAX_CLIENT_COUNTS];
     int nclients;
     double duration_s; /* time bound of a run */
@@ -66,6 +70,10 @@ typedef struct bench_config {
 typedef struct bench_result {
     pgtx_strategy strategy;
     int clients;
+    bool combined;   /* calls went through a pgtx_combiner */
+    int64_t batches; /* combined: transactions run, calls in them, the largest */
+    int64_t batch_calls;
+    int64_t largest_batch;
     bool correct;
     char detail[256]; /* why not correct, or a summary of the check */
     int64_t final;    /* what the database holds, compared to `committed` */
@@ -117,6 +125,14 @@ typedef struct bench_op {
 /* The transaction body of a scenario; the strategy is bench_op's. */
 pgtx_tx_fn bench_tx_fn(bench_scenario s);
 
+/* The same work for a pgtx_combiner: `one` runs the transaction body per
+   call (arg: a bench_op); the atomic strategy adds a set-oriented `set`
+   where the scenario has one (counter, spread, coupon). */
+const pgtx_batch_ops *bench_batch_ops(bench_scenario s, pgtx_strategy st);
+
+/* The combiner's key of an operation: the hot row it writes first. */
+uint64_t bench_op_key(const bench_config *cfg, const bench_op *op);
+
 /* The atomic strategy's SQL as a pgbench custom script. */
 void bench_pgbench_script(const bench_config *cfg, char *buf, size_t len);
 
@@ -131,10 +147,12 @@ bool bench_check(PGconn *admin, const bench_config *cfg, bench_result *r,
 
 /* ---- bench_run.c: the load driver ---- */
 
-/* Run one strategy with `clients` threads on env's pool and fill *r (but
-   not the invariant check).  Returns false on a set-up failure. */
-bool bench_run(bench_env *env, pgtx_strategy st, int clients, bench_result *r,
-               char *err, size_t errlen);
+/* Run one strategy with `clients` threads on env's pool, each operation
+   its own transaction or (`combined`) a call of a pgtx_combiner with
+   max_batch BENCH_MAX_BATCH, and fill *r (but not the invariant check).
+   Returns false on a set-up failure. */
+bool bench_run(bench_env *env, pgtx_strategy st, int clients, bool combined,
+               bench_result *r, char *err, size_t errlen);
 
 /* ---- bench_pgbench.c ---- */
 
@@ -174,5 +192,7 @@ int64_t bench_refused(const bench_result *r);
 int64_t bench_errors(const bench_result *r);
 /* Answered operations (committed or refused) per second. */
 double bench_ops_per_s(const bench_result *r);
+/* Combined: calls per batch on average; 0 when not combined. */
+double bench_batch_mean(const bench_result *r);
 
 #endif

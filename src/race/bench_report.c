@@ -37,6 +37,28 @@ double bench_ops_per_s(const bench_result *r)
     return (double)(bench_committed(r) + bench_refused(r)) / r->elapsed_s;
 }
 
+double bench_batch_mean(const bench_result *r)
+{
+    return r->batches > 0 ? (double)r->batch_calls / (double)r->batches : 0;
+}
+
+/* The same strategy and clients with combining off, if it ran. */
+static const bench_result *uncombined(const bench_result *rs, int n, const bench_result *r)
+{
+    for (int i = 0; i < n; i++)
+        if (!rs[i].combined && rs[i].strategy == r->strategy && rs[i].clients == r->clients)
+            return &rs[i];
+    return NULL;
+}
+
+/* Combined ops/s over uncombined ops/s; 0 when there is no pair. */
+static double vs_off(const bench_result *rs, int n, const bench_result *r)
+{
+    const bench_result *off = r->combined ? uncombined(rs, n, r) : NULL;
+    double base = off ? bench_ops_per_s(off) : 0;
+    return base > 0 ? bench_ops_per_s(r) / base : 0;
+}
+
 static double retries_per_op(const bench_result *r)
 {
     return r->ops > 0 ? (double)r->retries / (double)r->ops : 0;
@@ -71,17 +93,19 @@ static bool failure_shown(const bench_config *cfg, const bench_result *r, int k)
 /* ---- the table ------------------------------------------------------------ */
 
 enum {
-    COL_STRATEGY, COL_CLIENTS, COL_CORRECT, COL_COMMITTED, COL_OPS, COL_RETRIES,
-    COL_FAILURES, COL_P50, COL_P95, COL_P99, COL_VS, NCOLS
+    COL_STRATEGY, COL_CLIENTS, COL_COMBINING, COL_CORRECT, COL_COMMITTED, COL_OPS,
+    COL_VS_OFF, COL_BATCH, COL_RETRIES, COL_FAILURES, COL_P50, COL_P95, COL_P99,
+    COL_VS, NCOLS
 };
 
 static const char *const HEADERS[NCOLS] = {
-    "strategy", "clients", "correct?", "committed", "ops/s", "retries/op",
-    "failures", "p50 ms", "p95 ms", "p99 ms", "vs pgbench"};
+    "strategy", "clients", "combining", "correct?", "committed", "ops/s", "vs off",
+    "batch mean/max", "retries/op", "failures", "p50 ms", "p95 ms", "p99 ms",
+    "vs pgbench"};
 
 /* Numbers align right, words left. */
-static const bool RIGHT[NCOLS] = {false, true, false, true, true, true,
-                                  false, true, true, true, true};
+static const bool RIGHT[NCOLS] = {false, true, false, false, true, true, true,
+                                  true, true, false, true, true, true, true};
 
 typedef struct row {
     char cell[NCOLS][240];
@@ -119,14 +143,32 @@ static void latency_cell(char *buf, size_t len, const bench_result *r, double v)
         snprintf(buf, len, "-");
 }
 
-static void fill_row(row *w, const bench_config *cfg, const bench_result *r)
+static void combining_cells(row *w, const bench_summary *s, const bench_result *r)
 {
+    size_t len = sizeof w->cell[0];
+    double ratio = vs_off(s->rs, s->n, r);
+    snprintf(w->cell[COL_COMBINING], len, "%s", r->combined ? "on" : "off");
+    if (ratio > 0)
+        snprintf(w->cell[COL_VS_OFF], len, "%.2f", ratio);
+    else
+        snprintf(w->cell[COL_VS_OFF], len, "-");
+    if (r->combined)
+        snprintf(w->cell[COL_BATCH], len, "%.1f/%lld", bench_batch_mean(r),
+                 (long long)r->largest_batch);
+    else
+        snprintf(w->cell[COL_BATCH], len, "-");
+}
+
+static void fill_row(row *w, const bench_summary *s, const bench_result *r)
+{
+    const bench_config *cfg = s->cfg;
     size_t len = sizeof w->cell[0];
     snprintf(w->cell[COL_STRATEGY], len, "%s", pgtx_strategy_name(r->strategy));
     snprintf(w->cell[COL_CLIENTS], len, "%d", r->clients);
     snprintf(w->cell[COL_CORRECT], len, "%s", r->correct ? "yes" : "NO");
     snprintf(w->cell[COL_COMMITTED], len, "%lld", (long long)bench_committed(r));
     snprintf(w->cell[COL_OPS], len, "%.0f", bench_ops_per_s(r));
+    combining_cells(w, s, r);
     snprintf(w->cell[COL_RETRIES], len, "%.2f", retries_per_op(r));
     failures_cell(w->cell[COL_FAILURES], len, cfg, r);
     latency_cell(w->cell[COL_P50], len, r, r->p50_ms);
@@ -185,18 +227,19 @@ static void print_notes(FILE *to, const bench_result *rs, int n)
 {
     for (int i = 0; i < n; i++) {
         const bench_result *r = &rs[i];
-        const char *who = pgtx_strategy_name(r->strategy);
+        char who[64];
+        snprintf(who, sizeof who, "%s, %d clients, combining %s",
+                 pgtx_strategy_name(r->strategy), r->clients, r->combined ? "on" : "off");
         if (!r->correct)
-            fprintf(to, "- %s, %d clients: NO: %s%s\n", who, r->clients, r->detail,
+            fprintf(to, "- %s: NO: %s%s\n", who, r->detail,
                     pgtx_strategy_is_safe(r->strategy)
                         ? " (a safe strategy broke an invariant: this is a bug)"
                         : " (expected: naive is the unsafe read-modify-write)");
         if (r->error_sample[0])
-            fprintf(to, "- %s, %d clients: first error: %s\n", who, r->clients,
-                    r->error_sample);
+            fprintf(to, "- %s: first error: %s\n", who, r->error_sample);
         if (r->hit_op_limit)
-            fprintf(to, "- %s, %d clients: stopped early when the latency buffer "
-                        "filled (%lld operations)\n", who, r->clients, (long long)r->ops);
+            fprintf(to, "- %s: stopped early when the latency buffer "
+                        "filled (%lld operations)\n", who, (long long)r->ops);
     }
 }
 
@@ -211,7 +254,7 @@ void bench_print_table(FILE *to, const bench_summary *s)
         return;
     }
     for (int i = 0; i < n; i++)
-        fill_row(&rows[i], cfg, &rs[i]);
+        fill_row(&rows[i], s, &rs[i]);
     fprintf(to, "scenario %s, one pool of %d connections, %s; %s\n\n",
             bench_scenario_name(cfg->scenario), cfg->pool_size,
             cfg->ops > 0 ? "bounded by --ops" : "bounded by --duration", s->server);
@@ -219,6 +262,13 @@ void bench_print_table(FILE *to, const bench_summary *s)
     free(rows);
     fputs("\nops/s counts answered operations (committed or refused by a business "
           "rule); latency is per operation, retries included.\n", to);
+    if (cfg->combining[true])
+        fprintf(to, "combining on: the clients' calls go through one pgtx_combiner "
+                    "(max_batch %d): one batch per hot row in flight, each batch ONE "
+                    "transaction with a savepoint per call (atomic: one summed UPDATE "
+                    "first, where the scenario has one); vs off = ops/s over the same "
+                    "run with combining off; batch mean/max = calls per transaction.\n",
+                BENCH_MAX_BATCH);
     if (s->pgbench_note)
         fprintf(to, "%s\n", s->pgbench_note);
     print_notes(to, rs, n);
@@ -274,13 +324,30 @@ static void json_latency(FILE *to, const bench_result *r)
                 "\"max\": %.3f}", r->p50_ms, r->p95_ms, r->p99_ms, r->mean_ms, r->max_ms);
 }
 
-static void json_run(FILE *to, const bench_config *cfg, const bench_result *r)
+static void json_combining(FILE *to, const bench_summary *s, const bench_result *r)
 {
+    fprintf(to, ", \"combining\": \"%s\",\n     \"batches\": %lld, \"batch_mean\": ",
+            r->combined ? "on" : "off", (long long)r->batches);
+    json_num(to, r->combined ? bench_batch_mean(r) : NAN, 2);
+    fputs(", \"largest_batch\": ", to);
+    if (r->combined)
+        fprintf(to, "%lld", (long long)r->largest_batch);
+    else
+        fputs("null", to);
+    double ratio = vs_off(s->rs, s->n, r);
+    fputs(", \"vs_off\": ", to);
+    json_num(to, ratio > 0 ? ratio : NAN, 3);
+}
+
+static void json_run(FILE *to, const bench_summary *s, const bench_result *r)
+{
+    const bench_config *cfg = s->cfg;
     fputs("    {\"strategy\": ", to);
     json_str(to, pgtx_strategy_name(r->strategy));
-    fprintf(to, ", \"safe\": %s, \"clients\": %d, \"correct\": %s, \"detail\": ",
-            pgtx_strategy_is_safe(r->strategy) ? "true" : "false", r->clients,
-            r->correct ? "true" : "false");
+    fprintf(to, ", \"safe\": %s, \"clients\": %d",
+            pgtx_strategy_is_safe(r->strategy) ? "true" : "false", r->clients);
+    json_combining(to, s, r);
+    fprintf(to, ",\n     \"correct\": %s, \"detail\": ", r->correct ? "true" : "false");
     json_str(to, r->detail);
     fprintf(to, ",\n     \"final\": %lld, \"committed\": %lld, \"refused\": %lld, "
                 "\"errors\": %lld, \"ops\": %lld, \"elapsed_s\": %.3f, \"ops_per_s\": ",
@@ -327,6 +394,10 @@ void bench_print_json(FILE *to, const bench_summary *s)
         fprintf(to, "%lld", (long long)cfg->ops);
     else
         fputs("null", to);
+    fprintf(to, ", \"combining\": \"%s\", \"max_batch\": %d",
+            cfg->combining[false] && cfg->combining[true] ? "both"
+            : cfg->combining[true]                        ? "on" : "off",
+            BENCH_MAX_BATCH);
     fprintf(to, ", \"quantity\": %lld, \"stock\": %lld,\n \"pgbench\": %s, "
                 "\"pgbench_note\": ",
             (long long)cfg->quantity, (long long)cfg->stock,
@@ -340,7 +411,7 @@ void bench_print_json(FILE *to, const bench_summary *s)
     fprintf(to, ", \"all_safe_correct\": %s,\n \"runs\": [\n",
             bench_all_safe_correct(s->rs, s->n) ? "true" : "false");
     for (int i = 0; i < s->n; i++) {
-        json_run(to, cfg, &s->rs[i]);
+        json_run(to, s, &s->rs[i]);
         fputs(i + 1 < s->n ? ",\n" : "\n", to);
     }
     fputs(" ]}\n", to);
@@ -398,16 +469,30 @@ static svg_series series_of(const points *p, const char *name, const char *color
                         .y = p99 ? p->p99 : p->ops, .invalid = p->bad};
 }
 
-static bool write_svg(FILE *f, const bench_config *cfg, const points *pts,
+/* Every run's point, by [combined][strategy]. */
+typedef struct plot_points {
+    points by[2][PGTX_STRATEGY_COUNT];
+} plot_points;
+
+/* Combined runs are drawn in their strategy's color, dashed. */
+static bool write_svg(FILE *f, const bench_config *cfg, const plot_points *pp,
                       const points *pg)
 {
-    svg_series tput[PGTX_STRATEGY_COUNT + 1], p99[PGTX_STRATEGY_COUNT];
+    svg_series tput[2 * PGTX_STRATEGY_COUNT + 1], p99[2 * PGTX_STRATEGY_COUNT];
+    char names[PGTX_STRATEGY_COUNT][48];
     int n = 0;
     for (int i = 0; i < PGTX_STRATEGY_COUNT; i++) {
         pgtx_strategy s = RACE_STRATEGY_ORDER[i]; /* the legend's order */
-        if (pts[s].n > 0) {
-            tput[n] = series_of(&pts[s], pgtx_strategy_name(s), COLORS[s], false);
-            p99[n++] = series_of(&pts[s], pgtx_strategy_name(s), COLORS[s], true);
+        snprintf(names[i], sizeof names[i], "%s, combining on", pgtx_strategy_name(s));
+        for (int on = 0; on < 2; on++) {
+            const points *pts = &pp->by[on][s];
+            if (pts->n == 0)
+                continue;
+            const char *name = on ? names[i] : pgtx_strategy_name(s);
+            tput[n] = series_of(pts, name, COLORS[s], false);
+            p99[n] = series_of(pts, name, COLORS[s], true);
+            tput[n].dashed = p99[n].dashed = on;
+            n++;
         }
     }
     int nt = n;
@@ -431,17 +516,19 @@ bool bench_write_plot(const char *path, const bench_summary *s, char *err,
 {
     const bench_result *rs = s->rs;
     int n = s->n;
-    points pts[PGTX_STRATEGY_COUNT] = {{0}}, pg = {0};
+    plot_points pts;
+    points pg = {0};
+    memset(&pts, 0, sizeof pts);
     for (int i = 0; i < n; i++)
-        add_point(&pts[rs[i].strategy], rs[i].clients, bench_ops_per_s(&rs[i]),
-                  rs[i].p99_ms, !rs[i].correct);
+        add_point(&pts.by[rs[i].combined][rs[i].strategy], rs[i].clients,
+                  bench_ops_per_s(&rs[i]), rs[i].p99_ms, !rs[i].correct);
     collect_pgbench(&pg, rs, n);
     FILE *f = fopen(path, "w");
     if (f == NULL) {
         snprintf(err, errlen, "--plot %s: %s", path, strerror(errno));
         return false;
     }
-    bool ok = write_svg(f, s->cfg, pts, &pg);
+    bool ok = write_svg(f, s->cfg, &pts, &pg);
     if (fclose(f) != 0)
         ok = false;
     if (!ok)

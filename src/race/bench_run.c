@@ -12,6 +12,9 @@
    a run stops when a client's share is full so every operation is counted. */
 #define LATENCY_SAMPLES_PER_RUN (1 << 22)
 #define MONITOR_INTERVAL_MS 20
+/* How long a combined call may wait for its key's turn: far beyond any
+   batch, so that only a stuck run ends in POOL_TIMEOUT. */
+#define COMBINE_WAIT_MS 60000
 
 static int64_t now_us(void)
 {
@@ -46,6 +49,7 @@ typedef struct run_ctx {
     const bench_config *cfg;
     pgtx_engine *engine;
     pgtx_tx_fn fn;
+    pgtx_combiner *combiner; /* NULL: each operation its own transaction */
     pgtx_strategy strategy;
     int64_t deadline_us;
     bool stop_when_full; /* time-bound runs end when a buffer fills */
@@ -97,13 +101,29 @@ static bench_outcome classify(pgtx_status st, const pgtx_run_info *info,
     return (bench_outcome)(BENCH_OUT_ERROR + (int)st);
 }
 
+/* The operation as a call of the combiner: it may run in another thread's
+   batch.  The batch's attempts are the call's; a retryable status can only
+   come back once the retry budget is spent. */
+static pgtx_status combine(const run_ctx *c, bench_op *op, pgtx_run_info *info,
+                           pgtx_error *err)
+{
+    pgtx_call call = {.arg = op};
+    pgtx_status st = pgtx_combine(c->combiner, bench_op_key(c->cfg, op), &call,
+                                  COMBINE_WAIT_MS);
+    info->attempts = call.attempts;
+    info->exhausted = pgtx_status_is_retryable(st);
+    *err = call.err;
+    return st;
+}
+
 static void one_operation(worker *w, const run_ctx *c)
 {
     bench_op op;
     bench_op_init(&op, c->cfg, c->strategy, next_random(&w->rng));
     pgtx_run_info info = {0};
     pgtx_error err = {0};
-    pgtx_status st = pgtx_run(c->engine, c->fn, &op, &info, &err);
+    pgtx_status st = c->combiner ? combine(c, &op, &info, &err)
+                                 : pgtx_run(c->engine, c->fn, &op, &info, &err);
     if (info.attempts > 1)
         w->retries += info.attempts - 1;
     bench_outcome out = classify(st, &info, &op);
@@ -306,12 +326,37 @@ static bool drive(bench_env *env, run_ctx *c, worker *ws, int clients,
     return ok;
 }
 
-bool bench_run(bench_env *env, pgtx_strategy st, int clients, bench_result *r,
-               char *err, size_t errlen)
+/* The combiner of a combined run, on the run's engine. */
+static bool combiner_open(run_ctx *c, bench_scenario sc, char *err, size_t errlen)
+{
+    pgtx_error e = {0};
+    if (pgtx_combiner_create(c->engine, bench_batch_ops(sc, c->strategy), BENCH_MAX_BATCH,
+                             &c->combiner, &e) == PGTX_OK)
+        return true;
+    snprintf(err, errlen, "combiner: %s", e.message);
+    return false;
+}
+
+static void combiner_close(run_ctx *c, bench_result *r)
+{
+    if (c->combiner == NULL)
+        return;
+    pgtx_combiner_stats cs;
+    pgtx_combiner_stats_get(c->combiner, &cs);
+    r->batches = (int64_t)cs.batches;
+    r->batch_calls = (int64_t)cs.calls;
+    r->largest_batch = (int64_t)cs.largest_batch;
+    pgtx_combiner_destroy(c->combiner);
+    c->combiner = NULL;
+}
+
+bool bench_run(bench_env *env, pgtx_strategy st, int clients, bool combined,
+               bench_result *r, char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
     r->strategy = st;
     r->clients = clients;
+    r->combined = combined;
     run_ctx c = {
         .cfg = env->cfg,
         .engine = st == PGTX_STRATEGY_SERIALIZABLE ? env->serializable : env->read_committed,
@@ -321,12 +366,16 @@ bool bench_run(bench_env *env, pgtx_strategy st, int clients, bench_result *r,
         .start = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false},
     };
     atomic_init(&c.stop, false);
+    if (combined && !combiner_open(&c, env->cfg->scenario, err, errlen))
+        return false;
     worker *ws = workers_new(&c, clients);
     if (ws == NULL) {
+        combiner_close(&c, r);
         snprintf(err, errlen, "out of memory for %d clients' latency buffers", clients);
         return false;
     }
     bool ok = drive(env, &c, ws, clients, r, err, errlen);
+    combiner_close(&c, r);
     sum_workers(ws, clients, r);
     if (ok && !merge_latency(ws, clients, r)) {
         snprintf(err, errlen, "out of memory merging latencies");

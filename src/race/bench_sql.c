@@ -260,6 +260,122 @@ pgtx_tx_fn bench_tx_fn(bench_scenario s)
     }
 }
 
+/* ---- the same work, combined: pgtx_batch_ops ----------------------------- */
+
+/* `one`: a call is one operation's transaction body, between the
+   library's SAVEPOINT and RELEASE (or ROLLBACK TO on a refusal). */
+static pgtx_status counter_one(pgtx_tx *tx, pgtx_call *call, pgtx_error *err)
+{
+    return counter_tx(tx, call->arg, err);
+}
+
+static pgtx_status coupon_one(pgtx_tx *tx, pgtx_call *call, pgtx_error *err)
+{
+    return coupon_tx(tx, call->arg, err);
+}
+
+static pgtx_status order_one(pgtx_tx *tx, pgtx_call *call, pgtx_error *err)
+{
+    return order_tx(tx, call->arg, err);
+}
+
+static void reset_ops(pgtx_call *calls, int n, bench_outcome on_unique)
+{
+    for (int i = 0; i < n; i++) {
+        bench_op *op = calls[i].arg;
+        op->refusal = BENCH_OUT_COMMITTED;
+        op->on_unique = on_unique;
+    }
+}
+
+/* `set`, atomic only: the batch's calls share their row (the combiner's
+   key), so their increments are one delta of n in one UPDATE. */
+static pgtx_status counter_set(pgtx_tx *tx, pgtx_call *calls, int n, pgtx_error *err)
+{
+    reset_ops(calls, n, BENCH_OUT_COMMITTED);
+    const bench_op *op = calls[0].arg;
+    pgtx_delta d = row_delta("race_counter", "value", op->row, n, false);
+    bool refused = false;
+    return apply(tx, op, &d, &refused, err);
+}
+
+#define COUPON_CLAIMS                                                          \
+    "INSERT INTO race_claim (coupon_id, account_id)"                          \
+    " SELECT 1, a FROM unnest($1::bigint[]) AS a"
+
+/* Every call of the batch refused: none is left.  They changed nothing. */
+static pgtx_status all_exhausted(pgtx_call *calls, int n)
+{
+    for (int i = 0; i < n; i++) {
+        bench_op *op = calls[i].arg;
+        op->refusal = BENCH_OUT_COUPON_EXHAUSTED;
+        calls[i].status = pgtx_fail(&calls[i].err, PGTX_ABORTED, "%s",
+                                    bench_outcome_name(BENCH_OUT_COUPON_EXHAUSTED));
+    }
+    return PGTX_OK;
+}
+
+/* `set`, atomic only: n coupons taken in one guarded UPDATE, n claims in one
+   INSERT.  None left: every call is refused here.  Some left but fewer than
+   n, or a claim already made (23505 at the COMMIT), fails the whole batch
+   with a business status, and the library runs it again with a savepoint
+   per call: each call then gets its own answer from coupon_one(). */
+static pgtx_status coupon_set(pgtx_tx *tx, pgtx_call *calls, int n, pgtx_error *err)
+{
+    reset_ops(calls, n, BENCH_OUT_COUPON_ALREADY_CLAIMED);
+    pgtx_delta d = row_delta("race_coupon", "remaining", 1, -(int64_t)n, true);
+    pgtx_delta_result res = {0};
+    const bench_op *first = calls[0].arg;
+    pgtx_status st = pgtx_delta_apply(tx, first->strategy, &d, &res, err);
+    if (st == PGTX_OK && !res.found)
+        st = pgtx_fail(err, PGTX_SQL, "no coupon 1");
+    if (st != PGTX_OK)
+        return st;
+    /* remaining only ever goes down, so a refused 0 is the current value */
+    if (res.refused && res.value == 0)
+        return all_exhausted(calls, n);
+    if (res.refused)
+        return pgtx_fail(err, PGTX_ABORTED, "fewer than %d coupons left", n);
+    char list[BENCH_MAX_BATCH * 24 + 3];
+    size_t at = 0;
+    list[at++] = '{';
+    for (int i = 0; i < n && at < sizeof list - 24; i++) {
+        const bench_op *op = calls[i].arg;
+        at += (size_t)snprintf(list + at, sizeof list - at, "%s%lld", i ? "," : "",
+                               (long long)op->account);
+    }
+    snprintf(list + at, sizeof list - at, "}");
+    const char *params[] = {list};
+    return pgtx_queue(tx, COUPON_CLAIMS, 1, params, NULL, err);
+}
+
+const pgtx_batch_ops *bench_batch_ops(bench_scenario s, pgtx_strategy st)
+{
+    static const pgtx_batch_ops COUNTER_ONE = {.one = counter_one};
+    static const pgtx_batch_ops COUNTER_SET = {.set = counter_set, .one = counter_one};
+    static const pgtx_batch_ops COUPON_ONE = {.one = coupon_one};
+    static const pgtx_batch_ops COUPON_SET = {.set = coupon_set, .one = coupon_one};
+    static const pgtx_batch_ops ORDER_ONE = {.one = order_one};
+    bool atomic = st == PGTX_STRATEGY_ATOMIC;
+    switch (s) {
+    case BENCH_COUPON:
+        return atomic ? &COUPON_SET : &COUPON_ONE;
+    case BENCH_ORDER:
+        return &ORDER_ONE; /* two rows per call, refused apart: no set */
+    default:
+        return atomic ? &COUNTER_SET : &COUNTER_ONE;
+    }
+}
+
+/* Every operation of coupon and order writes coupon 1 or product 1 first;
+   counter and spread write their row. */
+uint64_t bench_op_key(const bench_config *cfg, const bench_op *op)
+{
+    if (cfg->scenario == BENCH_COUPON || cfg->scenario == BENCH_ORDER)
+        return 1;
+    return (uint64_t)op->row;
+}
+
 /* ---- pgbench scripts: the atomic strategy's SQL ------------------------- */
 
 /* pgbench cannot call the library: these are the atomic strategy's

@@ -10,6 +10,7 @@ static void usage(FILE *to)
             "usage: pgtx-race replay SCENARIO --strategy S [--json] [--database CONNINFO]\n"
             "                        [--data-dir DIR]\n"
             "       pgtx-race bench [--scenario NAME] [--strategy S|all] [--clients 1,8,32]\n"
+            "                       [--combining off|on|both]\n"
             "                       [--duration SECONDS | --ops N] [--pool-size N]\n"
             "                       [--database CONNINFO] [--data-dir DIR] [--json]\n"
             "                       [--plot FILE.svg] [--pgbench] [--quantity N] [--stock N]\n"
