@@ -73,10 +73,11 @@ bench-lib: all
 
 # pgtx-shop over HTTP against pgbench running the same SQL, on the service's
 # own embedded cluster (fsync on): one table in bench/results/shop-bench.txt.
+# The service runs under every strategy, with write combining off and on.
 # make bench BENCH_ARGS="--quick --results build/bench-smoke" is a
 # 2-second-per-run smoke test that leaves the recorded run alone.
 bench: all
-	python3 bench/shop_bench.py --build $(BUILD) $(BENCH_ARGS)
+	python3 bench/shop_bench.py --build $(BUILD) --strategies all $(BENCH_ARGS)
 
 # Library, header, pgtx.pc, both programs and the manual pages under
 # PREFIX (any folder: the programs find libpgtx through $ORIGIN, pgtx.pc its

@@ -14,9 +14,13 @@
  * Only requests that finish after --warmup and before its end are counted.
  * Prints one JSON line on stdout: the counts and latencies of that window,
  * and all_ok / all_errors / all_5xx over the whole run, which is what a
- * check of "every 2xx is in the database exactly once" needs.  Exit status
- * 0 when the run completed (whatever the HTTP statuses), 2 on a bad option,
- * 1 on a system failure.
+ * check of "every 2xx is in the database exactly once" needs.  When the
+ * service combines writes, each answer's Pgtx-Batch header (how many calls
+ * shared its transaction) is summed over the window: batch_answers (answers
+ * that carried it), batch_mean (its mean over them), batch_tx_mean (calls per
+ * transaction: answers over the transactions they imply) and batch_max; all
+ * 0 when no answer carried it.  Exit status 0 when the run completed
+ * (whatever the HTTP statuses), 2 on a bad option, 1 on a system failure.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -91,6 +95,10 @@ typedef struct worker {
     /* over the whole run, warm-up and stragglers included: what the harness
        checks against the rows in the database */
     long all_ok, all_errors, all_5xx;
+    /* Pgtx-Batch over the window; batch_tx sums 1/k: a batch of k calls
+       answers k times, so the sum counts it once */
+    long batch_n, batch_sum, batch_max;
+    double batch_tx;
     uint32_t *lat_us;
     size_t nlat, cap;
     bool oom;
@@ -425,6 +433,7 @@ typedef struct response {
     int status;
     bool keep_alive, chunked, has_length;
     uint64_t length;
+    long batch; /* Pgtx-Batch, 0 when absent or not a count */
 } response;
 
 /* "HTTP/1.x SSS reason": HTTP/1.0 closes unless told otherwise. */
@@ -457,6 +466,19 @@ static bool has_token(const char *value, const char *token)
     return false;
 }
 
+/* Pgtx-Batch is only reported, never trusted for framing: a value that is
+   not a plain count is ignored rather than failing the answer. */
+static long parse_batch(const char *v)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || end == v || *v == '-' || *v == '+' || (*end != '\0' && *end != ' ') ||
+        n < 1 || n > 1000000)
+        return 0;
+    return n;
+}
+
 /* One header line; false when it makes the framing ambiguous or invalid
    (two different lengths, a bad number), since a client that guesses here
    would desynchronise every later answer on the connection. */
@@ -485,6 +507,8 @@ static bool parse_header(char *line, response *r)
             r->keep_alive = false;
         else if (has_token(v, "keep-alive"))
             r->keep_alive = true;
+    } else if (strcasecmp(line, "Pgtx-Batch") == 0) {
+        r->batch = parse_batch(v);
     }
     return true;
 }
@@ -538,8 +562,9 @@ static bool skip_to_eof(worker *w)
 }
 
 /* A whole response; 1xx interim answers are skipped.  *status is the final
-   status, *reuse whether the connection can carry the next request. */
-static bool read_response(worker *w, int *status, bool *reuse)
+   status, *batch its Pgtx-Batch (0: none), *reuse whether the connection
+   can carry the next request. */
+static bool read_response(worker *w, int *status, long *batch, bool *reuse)
 {
     response r;
     do
@@ -547,6 +572,7 @@ static bool read_response(worker *w, int *status, bool *reuse)
             return false;
     while (r.status < 200);
     *status = r.status;
+    *batch = r.batch;
     *reuse = r.keep_alive;
     if (r.status == 204 || r.status == 304)
         return true;
@@ -576,15 +602,26 @@ static void record_latency(worker *w, double seconds)
     w->lat_us[w->nlat++] = us >= 4294967295.0 ? UINT32_MAX : (uint32_t)(us + 0.5);
 }
 
+static void record_batch(worker *w, long k)
+{
+    if (k <= 0)
+        return;
+    w->batch_n++;
+    w->batch_sum += k;
+    w->batch_tx += 1.0 / (double)k;
+    if (k > w->batch_max)
+        w->batch_max = k;
+}
+
 static void pause_before_reconnect(void)
 {
     struct timespec ts = {0, RECONNECT_PAUSE_NS};
     nanosleep(&ts, NULL);
 }
 
-/* One request over a (re)connected socket: true with *status on an answer,
-   false on a transport failure (the connection is then dropped). */
-static bool exchange(worker *w, const char *req, size_t n, int *status)
+/* One request over a (re)connected socket: true with *status and *batch on
+   an answer, false on a transport failure (the connection is then dropped). */
+static bool exchange(worker *w, const char *req, size_t n, int *status, long *batch)
 {
     /* No silent resend on a broken keep-alive connection: these POSTs are
        not idempotent, and the server may have run the first one.  The
@@ -592,7 +629,7 @@ static bool exchange(worker *w, const char *req, size_t n, int *status)
     if (w->fd < 0 && !connect_server(w))
         return false;
     bool reuse = false;
-    bool ok = send_all(w, req, n) && read_response(w, status, &reuse);
+    bool ok = send_all(w, req, n) && read_response(w, status, batch, &reuse);
     if (!ok || !reuse)
         disconnect(w);
     return ok;
@@ -611,7 +648,8 @@ static void *client_main(void *arg)
         if (n == 0)
             break;
         int status = 0;
-        bool ok = exchange(w, req, n, &status);
+        long batch = 0;
+        bool ok = exchange(w, req, n, &status, &batch);
         double t1 = now_s();
         w->all_errors += !ok;
         w->all_ok += ok && status >= 200 && status < 300;
@@ -629,6 +667,7 @@ static void *client_main(void *arg)
         w->requests++;
         if (status >= 100 && status < STATUS_MAX)
             w->by_status[status]++;
+        record_batch(w, batch);
         record_latency(w, t1 - t0);
     }
     disconnect(w);
@@ -660,6 +699,8 @@ typedef struct totals {
     long requests, ok, errors;
     long all_ok, all_errors, all_5xx;
     long by_status[STATUS_MAX];
+    long batch_n, batch_sum, batch_max;
+    double batch_tx;
     uint32_t *lat;
     size_t nlat;
     double sum_ms;
@@ -683,6 +724,11 @@ static bool merge(worker *ws, int n, totals *t)
         t->all_errors += w->all_errors;
         t->all_5xx += w->all_5xx;
         t->oom |= w->oom;
+        t->batch_n += w->batch_n;
+        t->batch_sum += w->batch_sum;
+        t->batch_tx += w->batch_tx;
+        if (w->batch_max > t->batch_max)
+            t->batch_max = w->batch_max;
         for (int s = 0; s < STATUS_MAX; s++)
             t->by_status[s] += w->by_status[s];
         if (w->nlat)
@@ -713,11 +759,17 @@ static void print_report(const options *o, const totals *t, double seconds)
     printf("},\"errors\":%ld,\"seconds\":%.3f,\"rps\":%.1f,\"ok_rps\":%.1f,"
            "\"mean_ms\":%.3f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,"
            "\"max_ms\":%.3f,\"latency_complete\":%s,"
-           "\"all_ok\":%ld,\"all_errors\":%ld,\"all_5xx\":%ld}\n",
+           "\"all_ok\":%ld,\"all_errors\":%ld,\"all_5xx\":%ld,",
            t->errors, seconds, rps, ok_rps, mean, percentile_ms(t->lat, t->nlat, 50),
            percentile_ms(t->lat, t->nlat, 90), percentile_ms(t->lat, t->nlat, 99),
            percentile_ms(t->lat, t->nlat, 100), t->oom ? "false" : "true", t->all_ok,
            t->all_errors, t->all_5xx);
+    /* appended last, so that readers of the older line keep working */
+    double batch_mean = t->batch_n ? (double)t->batch_sum / (double)t->batch_n : 0;
+    double batch_tx_mean = t->batch_tx > 0 ? (double)t->batch_n / t->batch_tx : 0;
+    printf("\"batch_answers\":%ld,\"batch_mean\":%.3f,\"batch_tx_mean\":%.3f,"
+           "\"batch_max\":%ld}\n",
+           t->batch_n, batch_mean, batch_tx_mean, t->batch_max);
     fflush(stdout);
 }
 

@@ -4,15 +4,21 @@
     python3 bench/shop_bench.py [--build build] [--duration 10] [--quick]
         [--scenarios orders,hot-order,deposits,claims] [--clients N]
         [--warmup 1] [--wait-quiet S] [--json FILE|-] [--keep-data]
+        [--shop-args FLAGS] [--strategies atomic|all|LIST] [--results DIR]
 
 What `make bench` runs.  One run starts build/pgtx-shop on its own embedded
 PostgreSQL cluster (a fresh folder under build/bench-data; fsync and
 synchronous_commit stay on, as the cluster has them), loads the data in SQL,
 then for each scenario runs pgbench with the textbook SQL (and, for orders,
-the service's own SQL) and bench/http-load against the service, each for the
-same time at the same number of clients.  After every run it checks the
-invariants of shared/API.md in SQL, and that the rows written match what the
-runner says it committed.  It prints one markdown table and writes it to
+the service's own SQL; for hot-order, at 8, 32 and 64 clients) and
+bench/http-load against the service twice, write combining off (pgtx-shop
+--batch-limit 1) and on (its default), each for the same time at the same
+number of clients.  The shop is restarted on the same cluster between its two
+runs, which alternate in order from one scenario to the next so that it
+restarts once per scenario.  After every run it checks the invariants of
+docs/API.md in SQL, and that the rows written match what the runner says it
+committed.  It prints one markdown table and the targets of the combining
+work (each "met" or "not met", with the measured ratio), and writes both to
 bench/results/shop-bench.txt, with a bar chart in bench/results/shop-bench.svg.
 
 Every run lasts warm-up + duration seconds; only the operations that finish
@@ -21,7 +27,8 @@ sampled at the same two instants, so "CPU ms/op" is the whole machine's busy
 CPU (database, service, load client) per counted operation.
 
 Exit status: 0 when every run completed and every invariant held, 1 when an
-invariant failed or a run did not complete, 2 on a bad option.
+invariant failed or a run did not complete, 2 on a bad option.  A target
+that is not met is printed as such and does not change the exit status.
 Python 3 standard library only.
 """
 
@@ -40,6 +47,7 @@ import sys
 import shlex
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -75,8 +83,41 @@ RUNNER_OF_SCRIPT = {
     "deposit.sql": "pgbench textbook",
     "claim.sql": "pgbench textbook",
 }
-HTTP_RUNNER = "pgtx-shop HTTP"
+# the two HTTP rows of every scenario and the flags that make them; the
+# flags go after --shop-args, so that "off" stays off whatever those say
+HTTP_OFF = "pgtx-shop HTTP, combining off"
+HTTP_ON = "pgtx-shop HTTP, combining on"
+HTTP_RUNNERS = {HTTP_OFF: ("--batch-limit", "1"), HTTP_ON: ()}
+# --strategies: the HTTP runs of each strategy (Pgtx-Strategy); atomic's rows
+# keep the plain names, which the targets read
+STRATEGIES = ["atomic"]
+ALL_STRATEGIES = ("atomic", "lock", "optimistic", "serializable")
+
+
+def http_runs():
+    """(runner, strategy) of every HTTP run of a scenario, in table order."""
+    return [(runner, s) for s in STRATEGIES for runner in HTTP_RUNNERS]
+
+
+def http_row_name(runner, strategy):
+    if strategy == "atomic":
+        return runner
+    return runner.replace("pgtx-shop HTTP", "pgtx-shop HTTP %s" % strategy)
+
+
+def claim_runners():
+    """pgbench and each HTTP run: their own claim accounts."""
+    return 1 + len(http_runs())
 BASELINE = "pgbench textbook"
+# textbook runs at more client counts than the scenario's, so that the
+# targets can compare with pgbench's best (not in --quick)
+PGBENCH_MORE_CLIENTS = {"hot-order": (8, 32)}
+# the shop's combining figures in /metrics: series named pgtx_shop_*batch*
+# (pgtx_shop_batch_..., pgtx_shop_http_batch_...), whatever they turn out to
+# be; counters and histograms are taken over the run, gauges as they end it
+BATCH_METRIC_PREFIX = "pgtx_shop_"
+CUMULATIVE_SUFFIXES = ("_bucket", "_sum", "_count", "_total")
+METRICS_TIMEOUT_S = 10.0
 
 
 class BenchError(Exception):
@@ -122,15 +163,22 @@ class Shop:
         self.max_overflow = max_overflow
         self.proc = None
         self.port = None
+        self.extra = None        # the flags after SHOP_ARGS of the running shop
         self.out_path = os.path.join(os.path.dirname(data_dir), "shop.stdout")
         self.err_path = os.path.join(os.path.dirname(data_dir), "shop.log")
 
-    def start(self):
+    def start(self, extra=()):
         cmd = [self.binary, "--listen", "127.0.0.1:0", "--data-dir", self.data_dir,
-               "--log-level", "warn", "--max-overflow", str(self.max_overflow)] + SHOP_ARGS
+               "--log-level", "warn", "--max-overflow", str(self.max_overflow)] + \
+            SHOP_ARGS + list(extra)
+        self.extra = tuple(extra)
         # the token goes by environment, not argv, so that ps does not show it
         env = clean_env({"PGTX_ADMIN_TOKEN": self.token})
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+        # the log accumulates over restarts; stdout is read for this start's
+        # "listening" line only
+        with open(self.out_path, "wb") as out, open(self.err_path, "ab") as err:
+            err.write(("--- %s\n" % " ".join(cmd)).encode())
+            err.flush()
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=err, env=env, cwd=ROOT)
         with open(shop_pid_path(self.data_dir), "w") as f:
@@ -172,12 +220,31 @@ class Shop:
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=SHOP_STOP_S)
+            wait_cluster_gone(self.data_dir)
             return
         except subprocess.TimeoutExpired:
             log("pgtx-shop did not stop in %.0f s: killing it" % SHOP_STOP_S)
         self.proc.kill()
         self.proc.wait(timeout=10)
         stop_orphan_cluster(self.data_dir)
+
+    def restart(self, extra):
+        """The same cluster and data under other flags: a stopped shop has
+        stopped its cluster, so the next start finds it as it was left."""
+        self.stop()
+        self.start(extra)
+
+
+def wait_cluster_gone(data_dir, limit_s=30.0):
+    """The shop stops its cluster before it exits; should a postmaster still
+    hold the folder, the next start would fail on it: it is stopped."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        pid = postmaster_pid(data_dir)
+        if not pid or not pid_is_postmaster_of(pid, data_dir):
+            return
+        time.sleep(0.1)
+    stop_orphan_cluster(data_dir)
 
 
 def shop_pid_path(data_dir):
@@ -313,10 +380,13 @@ def load_data(db, claim_accounts):
         if last - first + 1 != count:
             raise BenchError("%s ids are not contiguous: %r" % (key, ids[key]))
         ids[key] = (first, count)
-    # pgbench takes the first half of the claimers, http-load the second
-    half = ids["claimers"][1] // 2
-    ids["claim_pgbench"] = (ids["claimers"][0], half)
-    ids["claim_http"] = (ids["claimers"][0] + half, half)
+    # an account claims a coupon once: pgbench takes the first share of the
+    # claimers, each HTTP run one of the next (a run that reused another's
+    # accounts would get 409s)
+    share = ids["claimers"][1] // claim_runners()
+    ids["claim_pgbench"] = (ids["claimers"][0], share)
+    ids["claim_http"] = {http_row_name(runner, st): (ids["claimers"][0] + (1 + i) * share, share)
+                         for i, (runner, st) in enumerate(http_runs())}
     first, count = ids["claim_pgbench"]
     db.psql("CREATE SEQUENCE bench_claim_seq MINVALUE %d START %d MAXVALUE %d NO CYCLE;"
             % (first, first, first + count - 1))
@@ -545,7 +615,8 @@ def pgbench_summary(out):
 
 
 def run_pgbench(ctx, scenario, script, clients):
-    logdir = os.path.join(ctx.work, "pgbench-logs", "%s-%s" % (scenario, script[:-4]))
+    logdir = os.path.join(ctx.work, "pgbench-logs",
+                          "%s-%s-%d" % (scenario, script[:-4], clients))
     os.makedirs(logdir, exist_ok=True)
     prefix = os.path.join(logdir, "tx")
     cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(clients),
@@ -571,8 +642,14 @@ def run_pgbench(ctx, scenario, script, clients):
             "complete": rc == 0, "notes": notes}
 
 
-def http_args(scenario, ids):
+def http_args(scenario, ids, runner, strategy):
     """The ids each http-load scenario needs (http_load.c's options)."""
+    if strategy != "atomic":
+        return ["--strategy", strategy] + http_ids(scenario, ids, http_row_name(runner, strategy))
+    return http_ids(scenario, ids, runner)
+
+
+def http_ids(scenario, ids, runner):
     buyers = "%d:%d" % ids["buyers"]
     if scenario == "orders":
         return ["--accounts", buyers, "--products", "%d:%d" % ids["products"]]
@@ -580,15 +657,20 @@ def http_args(scenario, ids):
         return ["--accounts", buyers, "--product", str(ids["hot"])]
     if scenario == "deposits":
         return ["--account", str(ids["depositor"])]
-    return ["--coupon", str(ids["coupon"]), "--accounts", "%d:%d" % ids["claim_http"]]
+    return ["--coupon", str(ids["coupon"]),
+            "--accounts", "%d:%d" % ids["claim_http"][runner]]
 
 
-def run_http(ctx, scenario, clients):
+def run_http(ctx, scenario, runner, clients, strategy="atomic"):
+    """http-load against the running shop.  The combining figures come from
+    the answers' Pgtx-Batch header, else from the shop's batch series of
+    /metrics over the run, else they are None."""
     cmd = [ctx.http_load, "--host", "127.0.0.1", "--port", str(ctx.shop.port),
            "--scenario", scenario, "--clients", str(clients),
            "--warmup", str(ctx.warmup), "--duration", str(ctx.duration),
-           "--timeout", str(HTTP_TIMEOUT_S)] + http_args(scenario, ctx.ids)
+           "--timeout", str(HTTP_TIMEOUT_S)] + http_args(scenario, ctx.ids, runner, strategy)
     env = clean_env({"PGTX_ADMIN_TOKEN": ctx.token})
+    before = batch_metrics(ctx.shop.port)
     (rc, out, err), (cpu_s, foreign), _ = timed_run(cmd, ctx.warmup, ctx.duration, env,
                                                     ctx.probe)
     if rc != 0 or not out.strip():
@@ -596,10 +678,72 @@ def run_http(ctx, scenario, clients):
                           foreign)
     r = json.loads(out.strip().splitlines()[-1])
     notes = http_notes(r, ctx.duration)
-    return {"ops": r["ok"], "seconds": r["seconds"], "cpu_s": cpu_s, "foreign": foreign,
-            "p50": r["p50_ms"], "p99": r["p99_ms"], "committed": r["all_ok"],
-            "unknown": r["all_errors"] + r["all_5xx"], "complete": True,
-            "notes": notes, "by_status": r["by_status"], "errors": r["errors"]}
+    row = {"ops": r["ok"], "seconds": r["seconds"], "cpu_s": cpu_s, "foreign": foreign,
+           "p50": r["p50_ms"], "p99": r["p99_ms"], "committed": r["all_ok"],
+           "unknown": r["all_errors"] + r["all_5xx"], "complete": True,
+           "notes": notes, "by_status": r["by_status"], "errors": r["errors"],
+           "shop_args": list(SHOP_ARGS) + list(ctx.shop.extra)}
+    row["batch_metrics"] = metrics_delta(before, batch_metrics(ctx.shop.port))
+    row.update(batch_figures(r, row["batch_metrics"]))
+    return row
+
+
+def batch_figures(r, metrics):
+    """Calls per transaction, mean and largest.  From the Pgtx-Batch headers
+    of the window's answers when http-load saw any (batch_mean is the
+    header's mean over answers, where a transaction of k calls counts k
+    times; batch_tx_mean counts it once); else from a *batch_size_sum and
+    *batch_size_count pair of /metrics over the whole run, with a *largest
+    or *max gauge, which is since the shop's start; else None."""
+    if r.get("batch_answers"):
+        return {"batch_source": "header", "batch_mean": r["batch_mean"],
+                "batch_tx_mean": r["batch_tx_mean"], "batch_max": r["batch_max"]}
+    none = {"batch_source": None, "batch_mean": None, "batch_tx_mean": None,
+            "batch_max": None}
+
+    def first(test):
+        return next((v for k, v in sorted(metrics.items()) if test(k.split("{")[0])), None)
+    total = first(lambda n: n.endswith("batch_size_sum"))
+    count = first(lambda n: n.endswith("batch_size_count"))
+    if not total or not count:
+        return none
+    largest = first(lambda n: "batch" in n and (n.endswith("largest") or n.endswith("_max")))
+    return {"batch_source": "metrics", "batch_mean": None, "batch_tx_mean": total / count,
+            "batch_max": None if largest is None else int(largest)}
+
+
+def batch_metrics(port):
+    """{series: value} of the shop's pgtx_shop_*batch* series of /metrics
+    (loopback, no token): {} when there are none or /metrics does not
+    answer, which only costs the figures, never the run."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
+                                    timeout=METRICS_TIMEOUT_S) as f:
+            text = f.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if not name.startswith(BATCH_METRIC_PREFIX) or "batch" not in name:
+            continue
+        series, _, value = line.rpartition(" ")
+        try:
+            out[series] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def metrics_delta(before, after):
+    """Counters and histograms over the run (after - before); gauges as the
+    run left them."""
+    out = {}
+    for series, v in after.items():
+        if series.split("{", 1)[0].endswith(CUMULATIVE_SUFFIXES):
+            v -= before.get(series, 0.0)
+        out[series] = v
+    return out
 
 
 def http_notes(r, duration):
@@ -664,23 +808,61 @@ def measured(ctx, scenario, runner, clients, fn):
     return r
 
 
-def run_scenario(ctx, scenario):
+def pgbench_runs(ctx, scenario, clients):
+    """(script, clients) in run order: the textbook at the extra client
+    counts first (ascending), then every script at the scenario's clients.
+    The extra counts run only when the scenario runs at its default client
+    count (--clients may change it) and not in --quick."""
     default_clients, scripts = SCENARIOS[scenario]
-    clients = ctx.clients or default_clients
+    runs = []
+    if not ctx.quick and clients == default_clients:
+        runs = [(scripts[0], c) for c in PGBENCH_MORE_CLIENTS.get(scenario, ())
+                if c != clients]
+    return runs + [(script, clients) for script in scripts]
+
+
+def http_order(ctx):
+    """Both HTTP runners, the one the running shop serves first: the order
+    alternates from one scenario to the next, and the shop restarts once."""
+    return sorted(HTTP_RUNNERS, key=lambda k: HTTP_RUNNERS[k] != ctx.shop.extra)
+
+
+def use_shop(ctx, runner):
+    """The shop with the runner's flags, restarted if it runs others."""
+    extra = HTTP_RUNNERS[runner]
+    if ctx.shop.extra == extra:
+        return
+    t0 = time.monotonic()
+    ctx.shop.restart(extra)
+    ctx.probe = Probe(ctx.shop.proc.pid, postmaster_pid(ctx.shop.data_dir))
+    log("pgtx-shop restarted with %s in %.1f s"
+        % (" ".join(SHOP_ARGS + list(extra)) or "its defaults", time.monotonic() - t0))
+
+
+def run_scenario(ctx, scenario):
+    clients = ctx.clients or SCENARIOS[scenario][0]
     rows = []
-    for script in scripts:
-        rows.append(measured(ctx, scenario, RUNNER_OF_SCRIPT[script], clients,
-                             lambda s=script: run_pgbench(ctx, scenario, s, clients)))
-    rows.append(measured(ctx, scenario, HTTP_RUNNER, clients,
-                         lambda: run_http(ctx, scenario, clients)))
+    for script, n in pgbench_runs(ctx, scenario, clients):
+        rows.append(measured(ctx, scenario, RUNNER_OF_SCRIPT[script], n,
+                             lambda s=script, n=n: run_pgbench(ctx, scenario, s, n)))
+    http_rows = {}
+    for runner in http_order(ctx):
+        use_shop(ctx, runner)
+        for st in STRATEGIES:
+            name = http_row_name(runner, st)
+            http_rows[name] = measured(ctx, scenario, name, clients,
+                                       lambda: run_http(ctx, scenario, runner, clients, st))
+    rows += [http_rows[http_row_name(k, st)] for k, st in http_runs()]
     add_ratios(rows)
     return rows
 
 
 def add_ratios(rows):
-    """Ratios to the textbook pgbench row of the same scenario and run."""
-    base = next((r for r in rows if r["runner"] == BASELINE), None)
+    """Ratios to the textbook pgbench row of the same scenario, run and
+    number of clients."""
     for r in rows:
+        base = next((b for b in rows if b["runner"] == BASELINE
+                     and b["clients"] == r["clients"]), None)
         ok = base is not None and base["ops_s"] > 0 and base["cpu_ms_op"] > 0
         r["ops_ratio"] = r["ops_s"] / base["ops_s"] if ok else None
         r["cpu_ratio"] = (r["cpu_ms_op"] / base["cpu_ms_op"]
@@ -693,17 +875,17 @@ def fmt_ratio(x):
     return "-" if x is None else "%.2f" % x
 
 
-def table(rows):
-    head = ["scenario", "runner", "clients", "ops/s", "vs pgbench", "CPU ms/op",
-            "CPU vs pgbench", "p50 ms", "p99 ms", "invariants"]
-    right = [False, False, True, True, True, True, True, True, True, False]
-    # a row with notes (failed run, non-2xx answers, a busy machine) is
-    # marked where a reader looks first
-    cells = [[r["scenario"], r["runner"], str(r["clients"]),
-              "%.0f%s" % (r["ops_s"], " *" if r["notes"] else ""),
-              fmt_ratio(r["ops_ratio"]), "%.3f" % r["cpu_ms_op"], fmt_ratio(r["cpu_ratio"]),
-              "%.2f" % r["p50"], "%.2f" % r["p99"],
-              "yes" if r["invariants_ok"] else "NO"] for r in rows]
+def fmt_batch(r):
+    """Calls per transaction, mean/largest; "-" where nothing says, "?"
+    for a largest that /metrics does not give; (m): from /metrics."""
+    if r.get("batch_tx_mean") is None:
+        return "-"
+    big = "?" if r["batch_max"] is None else "%d" % r["batch_max"]
+    return "%.1f/%s%s" % (r["batch_tx_mean"], big,
+                          " (m)" if r["batch_source"] == "metrics" else "")
+
+
+def md_table(head, right, cells):
     width = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
 
     def line(vals):
@@ -714,6 +896,127 @@ def table(rows):
     return "\n".join([line(head), sep] + [line(c) for c in cells])
 
 
+def table(rows):
+    head = ["scenario", "runner", "clients", "ops/s", "vs pgbench", "CPU ms/op",
+            "CPU vs pgbench", "p50 ms", "p99 ms", "batch mean/max", "invariants"]
+    right = [False, False, True, True, True, True, True, True, True, True, False]
+    # a row with notes (failed run, non-2xx answers, a busy machine) is
+    # marked where a reader looks first
+    cells = [[r["scenario"], r["runner"], str(r["clients"]),
+              "%.0f%s" % (r["ops_s"], " *" if r["notes"] else ""),
+              fmt_ratio(r["ops_ratio"]), "%.3f" % r["cpu_ms_op"], fmt_ratio(r["cpu_ratio"]),
+              "%.2f" % r["p50"], "%.2f" % r["p99"], fmt_batch(r),
+              "yes" if r["invariants_ok"] else "NO"] for r in rows]
+    return md_table(head, right, cells)
+
+
+# ---- the targets ------------------------------------------------------------------
+
+def row_of(rows, scenario, runner, clients):
+    """The completed row of that run, or None."""
+    return next((r for r in rows if r["scenario"] == scenario and r["runner"] == runner
+                 and r["clients"] == clients and r["complete"] and r["ops"] > 0), None)
+
+
+def not_measured(rows, scenario, clients):
+    """Why a target has no figure: a reader must tell a skipped scenario
+    from a failed run."""
+    if not any(r["scenario"] == scenario for r in rows):
+        return "not measured: %s was not run" % scenario
+    if not any(r["scenario"] == scenario and r["clients"] == clients for r in rows):
+        return "not measured: %s was not run at %d clients" % (scenario, clients)
+    return "not measured: a %s run at %d clients failed" % (scenario, clients)
+
+
+def target(name, goal, op, value, detail):
+    """value None: not measured in this run (the scenario, the client count
+    or a run is missing), which is neither met nor not met."""
+    met = None if value is None else (value >= goal if op == ">=" else value <= goal)
+    return {"target": name, "goal": "%s %g x" % (op, goal), "op": op, "goal_ratio": goal,
+            "ratio": value, "met": met, "detail": detail}
+
+
+def ops_target(rows, scenario, name, goal):
+    """Combining on over pgbench's textbook, same scenario and clients."""
+    clients = SCENARIOS[scenario][0]
+    on = row_of(rows, scenario, HTTP_ON, clients)
+    pg = row_of(rows, scenario, BASELINE, clients)
+    if on is None or pg is None:
+        return target(name, goal, ">=", None, not_measured(rows, scenario, clients))
+    return target(name, goal, ">=", on["ops_s"] / pg["ops_s"],
+                  "%.0f vs %.0f ops/s" % (on["ops_s"], pg["ops_s"]))
+
+
+def hot_best_target(rows, quick):
+    """Combining on at 64 clients over pgbench's best of 8, 32 and 64."""
+    clients = SCENARIOS["hot-order"][0]
+    counts = sorted(set(PGBENCH_MORE_CLIENTS["hot-order"]) | {clients})
+    name = "hot-order, %d clients: combining on over pgbench's best of %s clients" % (
+        clients, ", ".join(map(str, counts)))
+    on = row_of(rows, "hot-order", HTTP_ON, clients)
+    pgs = [r for r in (row_of(rows, "hot-order", BASELINE, c) for c in counts) if r]
+    if on is None or not pgs:
+        return target(name, 2.0, ">=", None, not_measured(rows, "hot-order", clients))
+    best = max(pgs, key=lambda r: r["ops_s"])
+    missing = [str(c) for c in counts if c not in [r["clients"] for r in pgs]]
+    detail = "%.0f vs %.0f ops/s (pgbench at %d)" % (on["ops_s"], best["ops_s"],
+                                                     best["clients"])
+    if missing:
+        detail += "; pgbench not run at %s%s" % (", ".join(missing),
+                                                 " (--quick)" if quick else "")
+    return target(name, 2.0, ">=", on["ops_s"] / best["ops_s"], detail)
+
+
+def p99_target(rows):
+    clients = SCENARIOS["hot-order"][0]
+    name = "hot-order, %d clients: combining on's p99 over pgbench's" % clients
+    on = row_of(rows, "hot-order", HTTP_ON, clients)
+    pg = row_of(rows, "hot-order", BASELINE, clients)
+    if on is None or pg is None or pg["p99"] <= 0:
+        return target(name, 1.0, "<=", None, not_measured(rows, "hot-order", clients))
+    return target(name, 1.0, "<=", on["p99"] / pg["p99"],
+                  "%.2f vs %.2f ms" % (on["p99"], pg["p99"]))
+
+
+def low_contention_target(rows):
+    clients = SCENARIOS["orders"][0]
+    name = "orders, %d clients (low contention): combining on over off" % clients
+    on = row_of(rows, "orders", HTTP_ON, clients)
+    off = row_of(rows, "orders", HTTP_OFF, clients)
+    if on is None or off is None:
+        return target(name, 0.95, ">=", None, not_measured(rows, "orders", clients))
+    return target(name, 0.95, ">=", on["ops_s"] / off["ops_s"],
+                  "%.0f vs %.0f ops/s" % (on["ops_s"], off["ops_s"]))
+
+
+def invariants_target(rows):
+    held = sum(1 for r in rows if r["invariants_ok"])
+    return {"target": "invariants held after every run", "goal": "all runs", "op": None,
+            "goal_ratio": None, "ratio": None, "met": held == len(rows) and bool(rows),
+            "detail": "%d of %d runs" % (held, len(rows))}
+
+
+def targets(rows, quick):
+    """The goals of write combining, measured in this run.  They are
+    reported, not enforced: the exit status does not depend on them."""
+    return [
+        ops_target(rows, "deposits", "deposits, 32 clients: combining on over pgbench", 3.0),
+        hot_best_target(rows, quick),
+        ops_target(rows, "claims", "claims, 32 clients: combining on over pgbench", 3.0),
+        p99_target(rows),
+        low_contention_target(rows),
+        invariants_target(rows),
+    ]
+
+
+def targets_table(tgts):
+    status = {True: "met", False: "not met", None: "not measured"}
+    cells = [[t["target"], "-" if t["ratio"] is None else "%.2f x" % t["ratio"],
+              t["goal"], t["detail"], status[t["met"]]] for t in tgts]
+    return md_table(["target", "measured", "goal", "figures", "status"],
+                    [False, True, False, False, False], cells)
+
+
 def notes(rows):
     out = []
     for r in rows:
@@ -722,13 +1025,17 @@ def notes(rows):
     return out
 
 
-def report_text(meta, rows):
+def report_text(meta, rows, tgts):
     lines = [
         "pgtx-shop over HTTP against pgbench running the same SQL, on the service's "
         "embedded cluster",
-        "%s; fsync %s, synchronous_commit %s; %d cores; %d s warm-up + %d s per run"
+        "%s; fsync %s, synchronous_commit %s; %d cores; %d s warm-up + %d s per run%s"
         % (meta["server"], meta["fsync"], meta["synchronous_commit"], meta["cores"],
-           meta["warmup"], meta["duration"]),
+           meta["warmup"], meta["duration"], "; --quick" if meta.get("quick") else ""),
+    ]
+    if meta.get("shop_args"):
+        lines.append("pgtx-shop flags: %s" % " ".join(meta["shop_args"]))
+    lines += [
         "",
         table(rows),
         "",
@@ -743,15 +1050,29 @@ def report_text(meta, rows):
         "threads, at least 8): it runs at most that many transactions at once "
         "whatever the clients, and at most 2 writes of one row, where pgbench "
         "runs one per client.",
+        "combining off: --batch-limit 1, each call its own transaction; on: the "
+        "default --batch-limit 64, calls to one account, product or coupon that "
+        "wait together share one transaction. The shop restarts on the same "
+        "cluster between the two; their order alternates from one scenario to "
+        "the next.",
+        "batch mean/max: calls per transaction, from the Pgtx-Batch header of the "
+        "window's answers (how many calls shared the answer's transaction; a "
+        "transaction of k calls counted once); (m): from /metrics over the run, "
+        "its largest since the shop's start; -: neither says.",
     ]
+    if meta.get("quick"):
+        lines.append("--quick: hot-order's pgbench runs at %d clients only."
+                     % SCENARIOS["hot-order"][0])
     extra = notes(rows)
     if extra:
         lines += ["", "*: see below"] + extra
+    lines += ["", "Targets (reported, not enforced: the exit status does not depend "
+              "on them):", "", targets_table(tgts)]
     return "\n".join(lines) + "\n"
 
 
 SVG_COLORS = {"pgbench textbook": "#4e79a7", "pgbench service SQL": "#a0cbe8",
-              HTTP_RUNNER: "#f28e2b"}
+              HTTP_OFF: "#f28e2b", HTTP_ON: "#e15759"}
 
 
 def svg_panel(rows, key, title, x0, width, height):
@@ -777,13 +1098,19 @@ def svg_panel(rows, key, title, x0, width, height):
             label = "%.0f" % r[key] if r[key] >= 100 else "%.2f" % r[key]
             parts.append('<text x="%.1f" y="%.1f" font-size="10" text-anchor="middle">%s</text>'
                          % (x + (bar_w - 2) / 2, y - 3, label))
+            # one runner at several client counts (hot-order's pgbench):
+            # each bar says which
+            if sum(1 for o in group if o["runner"] == r["runner"]) > 1:
+                parts.append('<text x="%.1f" y="%d" font-size="9" text-anchor="middle" '
+                             'fill="#555">%d</text>'
+                             % (x + (bar_w - 2) / 2, top + plot_h + 30, r["clients"]))
         parts.append('<text x="%.1f" y="%d" font-size="12" text-anchor="middle">%s</text>'
                      % (gx + (group_w - 20) / 2, top + plot_h + 18, sc))
     return parts
 
 
 def svg(meta, rows):
-    w, h, panel_w = 960, 340, 460
+    w, h, panel_w = 1200, 340, 580
     parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
              'font-family="sans-serif">' % (w, h),
              '<rect width="100%" height="100%" fill="white"/>']
@@ -813,14 +1140,15 @@ def write_atomically(path, text):
 
 
 def publish(args, meta, rows):
-    text = report_text(meta, rows)
+    tgts = targets(rows, meta.get("quick", False))
+    text = report_text(meta, rows, tgts)
     # with --json -, stdout carries only the JSON document
     print(text, end="", flush=True, file=sys.stderr if args.json == "-" else sys.stdout)
     os.makedirs(args.results, exist_ok=True)
     write_atomically(os.path.join(args.results, "shop-bench.txt"), text)
     write_atomically(os.path.join(args.results, "shop-bench.svg"), svg(meta, rows))
     if args.json:
-        doc = json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
+        doc = json.dumps({"meta": meta, "rows": rows, "targets": tgts}, indent=2) + "\n"
         if args.json == "-":
             sys.stdout.write(doc)
         else:
@@ -838,7 +1166,7 @@ class Context:
         self.http_load = os.path.join(build, "http-load")
         self.work = os.path.join(build, "bench-data")
         self.duration, self.warmup, self.clients = args.duration, args.warmup, args.clients
-        self.wait_quiet = args.wait_quiet
+        self.wait_quiet, self.quick = args.wait_quiet, args.quick
         self.token = secrets.token_urlsafe(32)
         self.shop = self.db = self.ids = self.probe = None
 
@@ -848,7 +1176,8 @@ def parse_args(argv):
     p.add_argument("--build", default="build", help="the build folder (default build)")
     p.add_argument("--duration", type=int, default=10, help="measured seconds per run")
     p.add_argument("--warmup", type=int, default=1, help="seconds before measuring")
-    p.add_argument("--quick", action="store_true", help="2 s runs: a smoke test")
+    p.add_argument("--quick", action="store_true",
+                   help="2 s runs, hot-order's pgbench at 64 clients only: a smoke test")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated, of: " + ", ".join(SCENARIOS))
     p.add_argument("--clients", type=int, default=0,
@@ -862,6 +1191,11 @@ def parse_args(argv):
     p.add_argument("--results", default=RESULTS, metavar="DIR",
                    help="where shop-bench.txt and .svg go (default bench/results, the "
                         "recorded run the README quotes)")
+    p.add_argument("--strategies", default="atomic", metavar="LIST",
+                   help="the strategies of the HTTP runs (Pgtx-Strategy), each with "
+                        "combining off and on: 'all' or a comma-separated list of "
+                        "atomic, lock, optimistic, serializable (default atomic; the "
+                        "targets read atomic's rows)")
     p.add_argument("--shop-args", default="", metavar="FLAGS",
                    help="more flags for pgtx-shop, e.g. '--threads 16 --strategy lock'")
     p.add_argument("--keep-data", action="store_true",
@@ -881,6 +1215,11 @@ def parse_args(argv):
     if not 0 <= args.wait_quiet <= 3600:
         p.error("--wait-quiet in 0..3600")
     SHOP_ARGS[:] = shlex.split(args.shop_args)
+    STRATEGIES[:] = (list(ALL_STRATEGIES) if args.strategies == "all"
+                     else [x.strip() for x in args.strategies.split(",") if x.strip()])
+    if not STRATEGIES or any(x not in ALL_STRATEGIES for x in STRATEGIES):
+        p.error("--strategies: 'all' or a comma-separated list of %s" % ", ".join(ALL_STRATEGIES))
+    STRATEGIES.sort(key=ALL_STRATEGIES.index)
     return args
 
 
@@ -898,7 +1237,8 @@ def server_meta(ctx, args):
                     "current_setting('server_version'), 'fsync', current_setting('fsync'), "
                     "'synchronous_commit', current_setting('synchronous_commit'), "
                     "'max_connections', current_setting('max_connections')::int)")
-    v.update(cores=os.cpu_count() or 1, duration=args.duration, warmup=args.warmup)
+    v.update(cores=os.cpu_count() or 1, duration=args.duration, warmup=args.warmup,
+             quick=args.quick, shop_args=list(SHOP_ARGS))
     return v
 
 
@@ -959,7 +1299,7 @@ def bench(args):
         check_connections(ctx, meta, args)
         log("%s, fsync %s, synchronous_commit %s; loading data"
             % (meta["server"], meta["fsync"], meta["synchronous_commit"]))
-        ctx.ids = load_data(ctx.db, 2 * claim_accounts_per_runner(args))
+        ctx.ids = load_data(ctx.db, claim_runners() * claim_accounts_per_runner(args))
         rows = []
         for scenario in args.scenarios:
             rows += run_scenario(ctx, scenario)
