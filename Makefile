@@ -53,7 +53,7 @@ test-tsan: deps
 	    -DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=thread
 	cmake --build $(TSAN_BUILD) -j $(JOBS)
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-	  scripts/with-pg.sh ctest --test-dir $(TSAN_BUILD) --output-on-failure -R 'pool|runner|concurrency|shop_app|strategy|batch'
+	  scripts/with-pg.sh ctest --test-dir $(TSAN_BUILD) --output-on-failure -R '^(pool|pool_clock|runner|concurrency|shop_app|strategy|batch)$$'
 
 # libFuzzer (clang, with ASan+UBSan) over every parser of outside input,
 # FUZZ_SECONDS per target, each over a copy of its fuzz/corpus/ folder; a
