@@ -477,7 +477,7 @@ static void print_table(const replay *r, const char *final, bool correct, bool p
 
 /* ---- running a replay -------------------------------------------------------- */
 
-static PGconn *connect_one(const char *conninfo, const char *app, char *err, size_t n)
+PGconn *replay_connect(const char *conninfo, const char *app, char *err, size_t n)
 {
     const char *keys[] = {"dbname", "application_name", "options", NULL};
     const char *vals[] = {conninfo, app, "-c client_min_messages=warning", NULL};
@@ -571,7 +571,7 @@ static int verdict(replay *r, PGconn *admin)
 static int run(replay *r, const char *conninfo)
 {
     char err[512];
-    PGconn *admin = connect_one(conninfo, "pgtx-race-replay", err, sizeof err);
+    PGconn *admin = replay_connect(conninfo, "pgtx-race-replay", err, sizeof err);
     if (!admin) {
         fprintf(stderr, "pgtx-race replay: %s\n", pgtx_one_line_(err));
         return RACE_EXIT_CANNOT_RUN;
@@ -586,7 +586,7 @@ static int run(replay *r, const char *conninfo)
         *t = (txn){.id = i + 1, .prog = &r->sc->programs[r->strategy],
                    .begin_sql = begin_for(r->strategy), .account = r->sc->accounts[i],
                    .attempt = 1, .state = TX_RUNNING};
-        t->pg = connect_one(conninfo, "pgtx-race-replay", err, sizeof err);
+        t->pg = replay_connect(conninfo, "pgtx-race-replay", err, sizeof err);
         if (!t->pg) {
             fprintf(stderr, "pgtx-race replay: %s\n", pgtx_one_line_(err));
             goto out;

@@ -176,19 +176,27 @@ static pgtx_delta row_delta(const char *table, const char *column, int64_t delta
                         .has_floor = floor, .floor = 0};
 }
 
+/* The step that says how a call's delta went: `what`'s value in the batch's
+   transaction, or the failure. */
+static pgtx_status report_delta(lab *l, pgtx_status st, const char *what, int64_t value,
+                                const pgtx_error *err)
+{
+    step *s = add_step(l, 1, st == PGTX_OK ? "ok" : "error");
+    if (st == PGTX_OK)
+        snprintf(s->text, sizeof s->text, "-> %s %" PRId64 " in this transaction", what,
+                 value);
+    else
+        snprintf(s->text, sizeof s->text, "-> %s: %s", pgtx_status_name(st),
+                 err ? err->message : "");
+    return st;
+}
+
 static pgtx_status deposit(lab *l, pgtx_tx *tx, const call_def *d, pgtx_error *err)
 {
     pgtx_delta dl = row_delta("replay_account", "balance", d->amount, false);
     pgtx_delta_result res = {0};
     pgtx_status st = pgtx_delta_apply(tx, l->strategy, &dl, &res, err);
-    step *s = add_step(l, 1, st == PGTX_OK ? "ok" : "error");
-    if (st == PGTX_OK)
-        snprintf(s->text, sizeof s->text, "-> balance %" PRId64 " in this transaction",
-                 res.value);
-    else
-        snprintf(s->text, sizeof s->text, "-> %s: %s", pgtx_status_name(st),
-                 err ? err->message : "");
-    return st;
+    return report_delta(l, st, "balance", res.value, err);
 }
 
 /* The order row first (queued), then the stock: a refusal must take the
@@ -210,14 +218,7 @@ static pgtx_status order(lab *l, pgtx_tx *tx, const call_def *d, pgtx_error *err
                  " the call returns PGTX_ABORTED (out_of_stock)", res.value, d->amount);
         return pgtx_fail(err, PGTX_ABORTED, "out_of_stock: %" PRId64 " in stock", res.value);
     }
-    step *s = add_step(l, 1, st == PGTX_OK ? "ok" : "error");
-    if (st == PGTX_OK)
-        snprintf(s->text, sizeof s->text, "-> stock %" PRId64 " in this transaction",
-                 res.value);
-    else
-        snprintf(s->text, sizeof s->text, "-> %s: %s", pgtx_status_name(st),
-                 err ? err->message : "");
-    return st;
+    return report_delta(l, st, "stock", res.value, err);
 }
 
 static pgtx_status lab_one(pgtx_tx *tx, pgtx_call *call, pgtx_error *err)
@@ -432,20 +433,6 @@ static int verdict(lab *l)
     return RACE_EXIT_BROKEN;
 }
 
-static PGconn *connect_observer(const char *conninfo, char *err, size_t n)
-{
-    const char *keys[] = {"dbname", "application_name", "options", NULL};
-    const char *vals[] = {conninfo, "pgtx-race-replay", "-c client_min_messages=warning",
-                          NULL};
-    PGconn *pg = PQconnectdbParams(keys, vals, 1);
-    if (PQstatus(pg) != CONNECTION_OK) {
-        snprintf(err, n, "cannot connect: %s", PQerrorMessage(pg));
-        PQfinish(pg);
-        return NULL;
-    }
-    return pg;
-}
-
 int replay_batch_run(const char *conninfo, pgtx_strategy s, bool json)
 {
     char err[512] = "";
@@ -459,7 +446,7 @@ int replay_batch_run(const char *conninfo, pgtx_strategy s, bool json)
     }
     l->strategy = s;
     l->json = json;
-    l->observer = connect_observer(conninfo, err, sizeof err);
+    l->observer = replay_connect(conninfo, "pgtx-race-replay", err, sizeof err);
     if (l->observer != NULL) {
         PGresult *r = PQexec(l->observer, SETUP_SQL);
         if (PQresultStatus(r) != PGRES_COMMAND_OK)

@@ -20,4 +20,8 @@ int replay_batch_run(const char *conninfo, pgtx_strategy s, bool json);
 /* A JSON string on stdout (replay.c's). */
 void replay_json_string(const char *s);
 
+/* A connection of the replay, quiet below warnings, named `app`; NULL with
+   the reason in err (replay.c's). */
+PGconn *replay_connect(const char *conninfo, const char *app, char *err, size_t n);
+
 #endif
