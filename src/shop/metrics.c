@@ -337,13 +337,14 @@ static void render_runner(FILE *f, const pgtx_pool_stats *s)
             s->socket_timeouts);
 }
 
-/* Combined writes: a histogram of requests per transaction (deposits of
-   one account, orders of one product, claims of one coupon). */
+/* Combined writes: a histogram of the requests each turn of a row's lane
+   took (deposits of one account, orders of one product, claims of one
+   coupon); under atomic one transaction, else transactions of at most 8. */
 static void render_batches(FILE *f, const shop_http_gauges *g)
 {
     header(f, "http_batch_size", "histogram",
-           "Requests per combined write transaction (1: ran alone; see "
-           "--batch-limit).");
+           "Requests a worker took together from one row's lane (1: alone; "
+           "see --batch-limit and Pgtx-Batch).");
     long long count = 0;
     for (int i = 0; i < SHOP_BATCH_BUCKETS; i++) {
         count += g->batches[i];
@@ -353,7 +354,7 @@ static void render_batches(FILE *f, const shop_http_gauges *g)
                "pgtx_shop_http_batch_size_sum %lld\n"
                "pgtx_shop_http_batch_size_count %lld\n",
             count, g->batch_calls, count);
-    gauge(f, "http_batch_largest", "The most requests one combined transaction took.",
+    gauge(f, "http_batch_largest", "The most requests one turn of a row's lane took.",
           g->batch_largest);
 }
 

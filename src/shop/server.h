@@ -111,8 +111,8 @@ typedef struct shop_http_gauges {
     int row_waiting;                 /* requests waiting for their row's turn */
     long long row_waits;             /* requests that waited for it */
     long long row_wait_expired;      /* answered row_busy before their turn */
-    /* Combined writes: transactions by requests in them (at most 1, 2, 4,
-       ... 64), and those requests in all. */
+    /* Combined writes: the turns of rows' lanes by the requests they took
+       (at most 1, 2, 4, ... 64), and those requests in all. */
 #define SHOP_BATCH_BUCKETS 7
     long long batches[SHOP_BATCH_BUCKETS];
     long long batch_calls;
