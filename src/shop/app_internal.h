@@ -381,9 +381,6 @@ extern const shop_combinable DEPOSIT_COMBINABLE; /* store.c */
 extern const shop_combinable ORDER_COMBINABLE;   /* route_orders.c */
 extern const shop_combinable CLAIM_COMBINABLE;   /* route_coupons.c */
 
-/* The batch the call is part of, from its argument's first member. */
-shop_batch *batch_of(const void *arg);
-
 /* A transaction body run as one call of a batch: the batch's rows (of a
    set statement tried before) no longer stand for it.  With `strategy`
    (the call's), an atomic call runs as the lock strategy does (read,

@@ -5,7 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-shop_batch *batch_of(const void *arg)
+/* The batch the call is part of, from its argument's first member. */
+static shop_batch *batch_of(const void *arg)
 {
     shop_batch *const *first = arg;
     return *first;

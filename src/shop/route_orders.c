@@ -506,8 +506,8 @@ static const char *const ORDER_OUTCOMES[ORDER_REFUSALS] = {
     [ORDER_COUPON_ALREADY_USED] = "coupon_already_used",
     [ORDER_INSUFFICIENT_FUNDS] = "insufficient_funds"};
 
-/* Columns of shop_order_batch's rows (as SET_SELECT names them). */
-#define SET_COL_N ORDER_NCOLS
+/* The outcome's column in shop_order_batch's rows (as SET_SELECT names
+   them: the order's columns, o_n, o_outcome). */
 #define SET_COL_OUTCOME (ORDER_NCOLS + 1)
 
 static bool order_set_reply(shop_ctx *ctx, order_arg *a, const PGresult *rows, int row)
