@@ -109,7 +109,10 @@ typedef enum pgtx_class {
       "was closed")                                                            \
     X(PREPARED_STALE, RETRYABLE,                                               \
       "a cached prepared statement was gone or stale on the server (26000, "   \
-      "or 0A000 after a schema change); it is prepared again")
+      "or 0A000 after a schema change); it is prepared again")                \
+    X(READ_ONLY_NODE, CONNECTION,                                              \
+      "the server is a standby (read-only, in recovery): a read-write "        \
+      "transaction cannot run there; the connection was closed")
 
 typedef enum pgtx_status {
 #define PGTX_X_ENUM(name, cls, text) PGTX_##name,
@@ -153,8 +156,9 @@ PGTX_API pgtx_class pgtx_status_class(pgtx_status st);
 PGTX_API const char *pgtx_class_name(pgtx_class cls);
 /*
  * True for the statuses the runner retries by default: SERIALIZATION,
- * DEADLOCK, STALE, PREPARED_STALE and CONNECTION_LOST (a connection lost
- * before COMMIT was sent).  Never true for COMMIT_UNKNOWN.  SERIALIZATION also stands for
+ * DEADLOCK, STALE, PREPARED_STALE, CONNECTION_LOST (a connection lost
+ * before COMMIT was sent) and READ_ONLY_NODE (nothing ran: see
+ * pgtx_run).  Never true for COMMIT_UNKNOWN.  SERIALIZATION also stands for
  * PostgreSQL's internal error "new multixact has more than one updating
  * member" (SQLSTATE XX000, kept in pgtx_error.sqlstate): a race in its row
  * locking under concurrent updates of rows that foreign keys lock, which
@@ -342,6 +346,11 @@ typedef struct pgtx_pool_stats {
     uint64_t retries_prepared; /* retries after PREPARED_STALE */
     uint64_t retries_lock_not_available; /* retries after LOCK_NOT_AVAILABLE */
     uint64_t idle_closed;    /* overflow closed after idle_timeout_ms */
+    uint64_t retries_read_only; /* retries after READ_ONLY_NODE */
+    /* connections closed because their server turned out to be a standby
+       (READ_ONLY_NODE): after a failover, or a host list without
+       target_session_attrs=read-write */
+    uint64_t read_only_closed;
 } pgtx_pool_stats;
 
 /* A consistent snapshot of the pool's statistics.  Thread-safe. */
@@ -365,9 +374,10 @@ enum {
     PGTX_RETRY_CONNECTION = 1 << 3, /* lost before COMMIT was sent */
     PGTX_RETRY_LOCK_NOT_AVAILABLE = 1 << 4,
     PGTX_RETRY_PREPARED = 1 << 5, /* PREPARED_STALE: prepare it again */
+    PGTX_RETRY_READ_ONLY = 1 << 6, /* READ_ONLY_NODE: on another connection */
     PGTX_RETRY_DEFAULT = PGTX_RETRY_SERIALIZATION | PGTX_RETRY_DEADLOCK |
                          PGTX_RETRY_STALE | PGTX_RETRY_CONNECTION |
-                         PGTX_RETRY_PREPARED
+                         PGTX_RETRY_PREPARED | PGTX_RETRY_READ_ONLY
 };
 
 /*
@@ -390,6 +400,13 @@ typedef struct pgtx_engine_options {
     int statement_timeout_ms; /* 0 = the server's setting */
     int lock_timeout_ms;      /* 0 = the server's setting */
     pgtx_retry_policy retry;
+    /* Read the server's WAL insert position right after COMMIT, in the
+       same round trip (one more statement, no more waits), into
+       pgtx_run_info.commit_lsn: a position at or past the commit's own
+       record, which a standby has applied once its
+       pg_last_wal_replay_lsn() reaches it (read-your-writes on replicas).
+       Default false; ignored by read_only engines. */
+    bool report_commit_lsn;
 } pgtx_engine_options;
 
 typedef struct pgtx_engine pgtx_engine;
@@ -435,12 +452,36 @@ typedef struct pgtx_tx pgtx_tx;
  */
 typedef pgtx_status (*pgtx_tx_fn)(pgtx_tx *tx, void *arg, pgtx_error *err);
 
+/* "host:port" of a server, as libpq names it: a unix socket's folder or a
+   host name may be long; longer ones are truncated. */
+#define PGTX_NODE_SIZE 128
+
 /* What a pgtx_run() did, for reporting and metrics. */
 typedef struct pgtx_run_info {
     int attempts;       /* 1 = no retry */
     bool exhausted;     /* ended on a retryable status: budget used up */
     int64_t elapsed_us; /* from the first checkout to the end */
+    /* The server the last attempt ran on ("127.0.0.1:5433"; "" when it
+       had no connection): with a multi-host connection string, which node
+       was the primary, or which standby served a read. */
+    char node[PGTX_NODE_SIZE];
+    /* With pgtx_engine_options.report_commit_lsn, after a commit: the WAL
+       position to wait for on a standby (pgtx_lsn_format() prints it as
+       PostgreSQL does); 0 otherwise. */
+    uint64_t commit_lsn;
 } pgtx_run_info;
+
+/* Longest "XXXXXXXX/XXXXXXXX" plus its NUL. */
+#define PGTX_LSN_SIZE 18
+
+/*
+ * A pg_lsn's text ("16/B374D848") as a number, the way PostgreSQL reads
+ * it: two hexadecimal halves of at most 8 digits.  INVALID (and *out
+ * untouched) for anything else.
+ */
+PGTX_API pgtx_status pgtx_lsn_parse(const char *text, uint64_t *out);
+/* `lsn` in pg_lsn's text form into buf; returns buf. */
+PGTX_API char *pgtx_lsn_format(uint64_t lsn, char buf[PGTX_LSN_SIZE]);
 
 /*
  * Run `fn` in a transaction of `engine`: check a connection out, begin with
@@ -452,7 +493,25 @@ typedef struct pgtx_run_info {
  * `info` may be NULL.  Thread-safe (per engine).
  * Its checkout skips the look at the socket (a system call) for a
  * connection returned less than a second ago: one found dead in the first
- * round trip ran nothing and is retried on another.
+ * round trip ran nothing and is retried on another.  Once a transaction of
+ * the pool has lost its connection (or found a standby), the connections
+ * that were idle before it get that look again at their next checkout, so
+ * that after a failover the dead ones are closed there rather than cost a
+ * transaction each.
+ *
+ * Failover.  With a multi-host connection string and
+ * target_session_attrs=read-write, new connections go to whichever node is
+ * the primary now; the pool opens them one at a time (connect_retry_ms
+ * apart after a failure), so that a failover is not met by every thread
+ * connecting at once.  A read-write transaction never runs on a standby:
+ * a connection whose server reports in_hot_standby=on (PostgreSQL 14 and
+ * later report it as the session starts and when it is promoted) is closed
+ * at checkout, and one whose BEGIN READ WRITE or write is refused with
+ * SQLSTATE 25006 while the server does not report in_hot_standby=off is
+ * closed too.  Either way the attempt fails with READ_ONLY_NODE, having
+ * changed nothing, and is retried by default on another connection.  A
+ * 25006 on a server that reports in_hot_standby=off is the transaction's
+ * own doing (SET TRANSACTION READ ONLY) and stays SQL.
  */
 PGTX_API pgtx_status pgtx_run(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
                               pgtx_run_info *info, pgtx_error *err);

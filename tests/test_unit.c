@@ -35,6 +35,7 @@ static void retryable_statuses(void **state)
     assert_true(pgtx_status_is_retryable(PGTX_DEADLOCK));
     assert_true(pgtx_status_is_retryable(PGTX_STALE));
     assert_true(pgtx_status_is_retryable(PGTX_CONNECTION_LOST));
+    assert_true(pgtx_status_is_retryable(PGTX_READ_ONLY_NODE));
     /* The commit may have happened: running it again could apply it twice. */
     assert_false(pgtx_status_is_retryable(PGTX_COMMIT_UNKNOWN));
     assert_false(pgtx_status_is_retryable(PGTX_UNIQUE_VIOLATION));
@@ -182,6 +183,29 @@ static void connection_strings_are_checked(void **state)
     assert_non_null(strstr(err.message, "port 'abc'"));
 }
 
+/* pg_lsn's text both ways, and nothing but pg_lsn's text accepted. */
+static void lsn_text_round_trips(void **state)
+{
+    (void)state;
+    uint64_t v = 7;
+    assert_int_equal(pgtx_lsn_parse("16/B374D848", &v), PGTX_OK);
+    assert_true(v == ((uint64_t)0x16 << 32 | 0xB374D848u));
+    char buf[PGTX_LSN_SIZE];
+    assert_string_equal(pgtx_lsn_format(v, buf), "16/B374D848");
+    assert_string_equal(pgtx_lsn_format(0, buf), "0/0");
+    assert_string_equal(pgtx_lsn_format(UINT64_MAX, buf), "FFFFFFFF/FFFFFFFF");
+    assert_int_equal(pgtx_lsn_parse("ffffffff/ffffffff", &v), PGTX_OK);
+    assert_true(v == UINT64_MAX);
+    const char *bad[] = {"", "/", "1/", "/1", "1", "1/2/3", "g/1", "1/ 2",
+                         "123456789/0", "0/123456789", " 1/2", "1/2 ", "-1/2"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        v = 7;
+        assert_int_equal(pgtx_lsn_parse(bad[i], &v), PGTX_INVALID);
+        assert_true(v == 7);
+    }
+    assert_int_equal(pgtx_lsn_parse(NULL, &v), PGTX_INVALID);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -193,6 +217,7 @@ int main(void)
         cmocka_unit_test(engine_begin_statements),
         cmocka_unit_test(bad_settings_are_rejected),
         cmocka_unit_test(connection_strings_are_checked),
+        cmocka_unit_test(lsn_text_round_trips),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -126,9 +126,9 @@ pgtx_status pgtx_run_batch(pgtx_engine *e, const pgtx_batch_ops *ops,
         b.savepoints = true;
         pgtx__error_clear(&be);
         st = run_mode(e, &b, &more, &be);
-        ri.attempts += more.attempts;
-        ri.exhausted = more.exhausted;
-        ri.elapsed_us += more.elapsed_us;
+        more.attempts += ri.attempts;
+        more.elapsed_us += ri.elapsed_us;
+        ri = more; /* where the second mode ran, and its commit */
     }
     calls_finish(calls, n, st, &be, ri.attempts);
     if (info)

@@ -57,7 +57,7 @@ bool pgtx_status_is_retryable(pgtx_status st)
 {
     return st == PGTX_SERIALIZATION || st == PGTX_DEADLOCK ||
            st == PGTX_STALE || st == PGTX_CONNECTION_LOST ||
-           st == PGTX_PREPARED_STALE;
+           st == PGTX_PREPARED_STALE || st == PGTX_READ_ONLY_NODE;
 }
 
 /* SQLSTATEs that mean "this session is gone" even though the server managed

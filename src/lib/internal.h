@@ -52,6 +52,7 @@ struct pgtx_conn {
     int64_t last_used_us; /* when it was last returned */
     atomic_bool doomed;   /* the server sent FATAL: do not reuse */
     bool timed_out;       /* socket_timeout_ms ran out: its socket is shut */
+    bool read_only_node;  /* its server is a standby: close it on return */
     pgtx__stmt_cache *cache; /* owned; NULL when the cache is off */
 };
 
@@ -99,7 +100,8 @@ bool pgtx__wire_take_deallocs(pgtx_conn *conn, int n);
     X(STALE, PGTX_RETRY_STALE, stale)                                       \
     X(CONNECTION_LOST, PGTX_RETRY_CONNECTION, connection)                   \
     X(PREPARED_STALE, PGTX_RETRY_PREPARED, prepared)                        \
-    X(LOCK_NOT_AVAILABLE, PGTX_RETRY_LOCK_NOT_AVAILABLE, lock_not_available)
+    X(LOCK_NOT_AVAILABLE, PGTX_RETRY_LOCK_NOT_AVAILABLE, lock_not_available) \
+    X(READ_ONLY_NODE, PGTX_RETRY_READ_ONLY, read_only)
 
 /* Counters the runner bumps; atomics so that no lock is taken for them. */
 typedef struct pgtx__tx_counters {
@@ -152,6 +154,19 @@ pgtx_status pgtx__tx_settle(pgtx_tx *tx, pgtx_error *err);
    `sql` (a ROLLBACK TO SAVEPOINT) that undoes it on the server; it leaves
    with the next round.  The failure stays when the connection is gone. */
 pgtx_status pgtx__tx_undo(pgtx_tx *tx, const char *sql, pgtx_error *err);
+
+/* ---- servers (node.c) ---- */
+/* "host:port" of the connection's server into buf ("" when unknown). */
+void pgtx__conn_node(PGconn *pg, char *buf, size_t size);
+/* The server says it is a hot standby (in_hot_standby = on). */
+bool pgtx__on_standby(PGconn *pg);
+/* The server does not say it is a primary (in_hot_standby = off). */
+bool pgtx__maybe_standby(PGconn *pg);
+/* A transaction of the pool lost its connection or found a standby: the
+   connections idle before now get a full look at their next checkout. */
+void pgtx__pool_suspect(pgtx_pool *pool);
+/* Close `conn` when it is returned, counted as read_only_closed. */
+void pgtx__conn_doom_read_only(pgtx_conn *conn);
 
 /* ---- engines ---- */
 const pgtx_engine_options *pgtx__engine_options(const pgtx_engine *engine);

@@ -40,6 +40,9 @@ struct pgtx_pool {
        a warning, so that an outage is one line, not one per attempt */
     uint64_t connect_errors_in_a_row;
     atomic_uint_fast64_t next_conn_id;
+    /* when a transaction last lost its connection or found a standby:
+       connections idle since before are not trusted unseen (conn_alive) */
+    atomic_int_fast64_t suspect_us;
 
     /* settings, immutable after create; the strings are the pool's copies */
     pgtx_pool_config cfg;
@@ -48,7 +51,7 @@ struct pgtx_pool {
 
     /* statistics guarded by mu */
     uint64_t checkouts, waits, wait_us, timeouts, created, connect_errors,
-        discarded, idle_closed;
+        discarded, idle_closed, read_only_closed;
     /* statistics the runner bumps without the lock */
     pgtx__tx_counters tx;
 };
@@ -571,7 +574,9 @@ int pgtx__socket_timeout_ms(const pgtx_pool *pool) { return pool->cfg.socket_tim
 
 static bool conn_alive(pgtx_conn *c, int64_t now, bool trust_recent)
 {
-    bool recent = trust_recent && now - c->last_used_us < TRUST_RECENT_US;
+    bool recent = trust_recent && now - c->last_used_us < TRUST_RECENT_US &&
+                  c->last_used_us > atomic_load_explicit(&c->pool->suspect_us,
+                                                         memory_order_relaxed);
     if (PQstatus(c->pg) != CONNECTION_OK || atomic_load(&c->doomed) ||
         (!recent && !pgtx__conn_healthy(c)) ||
         PQtransactionStatus(c->pg) != PQTRANS_IDLE || now >= c->expires_us)
@@ -856,6 +861,17 @@ pgtx_status pgtx__pool_checkout_for_runner(pgtx_pool *pool, pgtx_conn **out,
     return checkout(pool, -1, true, out, err);
 }
 
+void pgtx__pool_suspect(pgtx_pool *pool)
+{
+    atomic_store_explicit(&pool->suspect_us, pgtx__now_us(), memory_order_relaxed);
+}
+
+void pgtx__conn_doom_read_only(pgtx_conn *c)
+{
+    c->read_only_node = true;
+    pgtx__pool_suspect(c->pool);
+}
+
 /* ---- return ------------------------------------------------------------ */
 
 /* Can this connection serve the next checkout?  Decided from libpq's own
@@ -864,7 +880,7 @@ pgtx_status pgtx__pool_checkout_for_runner(pgtx_pool *pool, pgtx_conn **out,
 static bool conn_reset(pgtx_conn *c)
 {
     PGconn *pg = c->pg;
-    if (PQstatus(pg) != CONNECTION_OK || atomic_load(&c->doomed) ||
+    if (PQstatus(pg) != CONNECTION_OK || atomic_load(&c->doomed) || c->read_only_node ||
         PQpipelineStatus(pg) != PQ_PIPELINE_OFF)
         return false;
     switch (PQtransactionStatus(pg)) {
@@ -945,6 +961,7 @@ void pgtx_pool_return(pgtx_conn *c)
         pthread_cond_broadcast(&pool->drained);
     } else {
         conn_forget_locked(c);
+        pool->read_only_closed += c->read_only_node;
     }
     pgtx_conn *pruned = prune_idle_locked(pool, now);
     wake_head(pool);
@@ -955,7 +972,8 @@ void pgtx_pool_return(pgtx_conn *c)
         pgtx__log(pool, reusable && overflow ? PGTX_LOG_DEBUG : PGTX_LOG_INFO,
                   "pgtx conn %llu: closed on return (%s, age %lld ms)",
                   (unsigned long long)c->id,
-                  !reusable ? "broken or busy"
+                  c->read_only_node ? "its server is a standby"
+                  : !reusable ? "broken or busy"
                   : overflow ? "overflow"
                   : now >= c->expires_us ? "lifetime over" : "pool closed",
                   (long long)((now - c->created_us) / 1000));
@@ -1061,6 +1079,7 @@ void pgtx_pool_stats_get(pgtx_pool *pool, pgtx_pool_stats *s)
     s->connect_errors = pool->connect_errors;
     s->discarded = pool->discarded;
     s->idle_closed = pool->idle_closed;
+    s->read_only_closed = pool->read_only_closed;
     pthread_mutex_unlock(&pool->mu);
     close_pruned(pool, pruned);
     s->round_trips = load(&pool->tx.round_trips);

@@ -9,10 +9,10 @@
 /* Statements in one round trip at most; a few more slots for BEGIN, the
    engine's SET LOCALs and COMMIT. */
 #define TX_ROUND_MAX 64
-#define TX_ROUND_SLOTS (TX_ROUND_MAX + 3)
+#define TX_ROUND_SLOTS (TX_ROUND_MAX + 4)
 
 typedef enum item_kind { ITEM_BEGIN, ITEM_SETUP, ITEM_STMT, ITEM_COMMIT,
-                         ITEM_ROLLBACK } item_kind;
+                         ITEM_ROLLBACK, ITEM_LSN } item_kind;
 
 /* What one round sent, in order, so that its results can be read back. */
 typedef struct tx_item {
@@ -33,6 +33,7 @@ struct pgtx_tx {
     int attempt;
     bool begun;         /* BEGIN went out and succeeded */
     bool committed;     /* COMMIT said COMMIT */
+    uint64_t commit_lsn; /* report_commit_lsn: read after COMMIT, or 0 */
     pgtx_status failed; /* first error inside the transaction, or OK */
     pgtx_error failed_err;
     /* The open round: queued in libpq (pipeline mode), not yet synced.
@@ -80,10 +81,24 @@ static pgtx_status socket_timeout(pgtx_tx *tx, pgtx_status st, pgtx_error *e)
                      pgtx__socket_timeout_ms(tx->pool));
 }
 
+/* 25006 in a read-write transaction, from a server that does not say it
+   is a primary: BEGIN READ WRITE or a write refused by a standby.  Nothing
+   ran, and this connection will never do: it is closed on return. */
+static pgtx_status read_only_node(pgtx_tx *tx, pgtx_status st, pgtx_error *e)
+{
+    if (strcmp(e->sqlstate, "25006") != 0 ||
+        pgtx__engine_options(tx->engine)->read_only || !pgtx__maybe_standby(tx->pg))
+        return st;
+    pgtx__conn_doom_read_only(tx->conn);
+    e->status = PGTX_READ_ONLY_NODE;
+    return PGTX_READ_ONLY_NODE;
+}
+
 /* The failure `r` describes (NULL: the connection's own error). */
 static pgtx_status describe(pgtx_tx *tx, const PGresult *r, pgtx_error *e)
 {
-    return socket_timeout(tx, pgtx__error_from_result(e, tx->pg, r), e);
+    pgtx_status st = socket_timeout(tx, pgtx__error_from_result(e, tx->pg, r), e);
+    return r ? read_only_node(tx, st, e) : st;
 }
 
 static void echo_add(pgtx_tx *tx, const char *sql)
@@ -172,6 +187,8 @@ static taken take_item(pgtx_tx *tx, tx_item *it, round_end end, pgtx_error *e)
         t = gone_before_begin(it, r) ? TAKEN_GONE : TAKEN_BROKE;
     } else if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
         t = TAKEN_SKIPPED; /* after an earlier failure, the one to report */
+    } else if (!result_ok(r) && it->kind == ITEM_LSN) {
+        t = TAKEN_OK; /* the commit stands; only its position is unknown */
     } else if (!result_ok(r)) {
         pgtx_status st = describe(tx, r, e);
         if (stale)
@@ -186,6 +203,10 @@ static taken take_item(pgtx_tx *tx, tx_item *it, round_end end, pgtx_error *e)
         tx->begun = true;
     } else if (it->kind == ITEM_COMMIT) {
         tx->committed = strcmp(PQcmdStatus(r), "COMMIT") == 0;
+    } else if (it->kind == ITEM_LSN) {
+        if (PQntuples(r) != 1 || PQnfields(r) != 1 ||
+            pgtx_lsn_parse(PQgetvalue(r, 0, 0), &tx->commit_lsn) != PGTX_OK)
+            tx->commit_lsn = 0;
     } else if (it->kind == ITEM_STMT) {
         it->held = r; /* handed over by deliver(), once the round is read */
         r = NULL;
@@ -242,6 +263,15 @@ static taken round_read(pgtx_tx *tx, round_end end, pgtx_error *e)
     return worst;
 }
 
+/* The insert position, not pg_current_wal_lsn(): that one is where WAL
+   was written, which with synchronous_commit off can be short of the
+   commit record; the insert position never is. */
+static bool wants_lsn(const pgtx_tx *tx)
+{
+    const pgtx_engine_options *o = pgtx__engine_options(tx->engine);
+    return o->report_commit_lsn && !o->read_only;
+}
+
 /* Send the round (ending it as `end` says) and read every result back:
    one round trip.  Returns OK or the first failure. */
 static pgtx_status round_sync(pgtx_tx *tx, round_end end, pgtx_error *err)
@@ -252,6 +282,8 @@ static pgtx_status round_sync(pgtx_tx *tx, round_end end, pgtx_error *err)
     if (end != END_NONE)
         sent = queue_plain(tx, end == END_COMMIT ? ITEM_COMMIT : ITEM_ROLLBACK,
                            end == END_COMMIT ? "COMMIT" : "ROLLBACK");
+    if (end == END_COMMIT && wants_lsn(tx))
+        sent = queue_plain(tx, ITEM_LSN, "SELECT pg_current_wal_insert_lsn()") && sent;
     pgtx__count_round_trip(tx->pool);
     sent = PQpipelineSync(tx->pg) == 1 && sent;
     /* ERROR before the COMMIT means the server skipped it: not unknown. */
@@ -264,7 +296,7 @@ static pgtx_status round_sync(pgtx_tx *tx, round_end end, pgtx_error *err)
     if (how == TAKEN_BROKE && end == END_COMMIT && !tx->committed &&
         tx->failed == PGTX_OK && !pgtx__engine_options(tx->engine)->read_only)
         commit_unknown(tx, &e);
-    else if (how >= TAKEN_GONE && end != END_ROLLBACK)
+    else if (how >= TAKEN_GONE && end != END_ROLLBACK && !tx->committed)
         tx_fail(tx, e.status, &e, NULL);
     deliver(tx, end);
     if (PQstatus(tx->pg) == CONNECTION_OK)
@@ -506,8 +538,19 @@ static pgtx_status attempt_outcome(pgtx_tx *tx, pgtx_status st, pgtx_error *e)
     return st;
 }
 
+/* A read-write transaction on a connection whose server says it is a
+   standby would only be refused: close it unused. */
+static pgtx_status standby_refused(pgtx_tx *tx, pgtx_error *e)
+{
+    pgtx__conn_doom_read_only(tx->conn);
+    pgtx__log(tx->pool, PGTX_LOG_INFO, "pgtx: a read-write transaction found a "
+              "standby (in_hot_standby=on) at checkout; closing that connection");
+    return pgtx_fail(e, PGTX_READ_ONLY_NODE, "the server is a standby "
+                     "(in_hot_standby=on); the connection was closed");
+}
+
 static pgtx_status run_attempt(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
-                               int attempt, pgtx_error *e)
+                               int attempt, pgtx_run_info *where, pgtx_error *e)
 {
     pgtx_pool *pool = pgtx_engine_pool_borrow(engine);
     pgtx_tx tx = {.engine = engine, .pool = pool, .attempt = attempt};
@@ -515,11 +558,18 @@ static pgtx_status run_attempt(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
     if (st != PGTX_OK)
         return st;
     tx.pg = pgtx_conn_pg_borrow(tx.conn);
-    st = attempt_outcome(&tx, fn(&tx, arg, e), e);
+    pgtx__conn_node(tx.pg, where->node, sizeof where->node);
+    if (!pgtx__engine_options(engine)->read_only && pgtx__on_standby(tx.pg))
+        st = standby_refused(&tx, e);
+    else
+        st = attempt_outcome(&tx, fn(&tx, arg, e), e);
     if (st == PGTX_OK && (tx.begun || tx.piping))
         st = tx_commit(&tx, e);
     if (st != PGTX_OK)
         tx_rollback(&tx);
+    if (pgtx_status_class(st) == PGTX_CLASS_CONNECTION)
+        pgtx__pool_suspect(pool);
+    where->commit_lsn = st == PGTX_OK ? tx.commit_lsn : 0;
     pgtx__tx_counters *k = pgtx__pool_counters(pool);
     atomic_fetch_add(st == PGTX_OK ? &k->commits : &k->rollbacks, 1);
     pgtx_pool_return(tx.conn);
@@ -595,11 +645,12 @@ pgtx_status pgtx_run(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
     int64_t started = pgtx__now_us();
     int attempt = 0, delay = 0;
     bool exhausted = false;
+    pgtx_run_info where = {.attempts = 0};
     pgtx_error e;
     pgtx_status st;
     for (;;) {
         pgtx__error_clear(&e);
-        st = run_attempt(engine, fn, arg, ++attempt, &e);
+        st = run_attempt(engine, fn, arg, ++attempt, &where, &e);
         if (st == PGTX_OK ||
             !plan_retry(policy, st, attempt, started, &delay, &exhausted))
             break;
@@ -610,6 +661,7 @@ pgtx_status pgtx_run(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
         pgtx__sleep_ms(delay);
     }
     if (info) {
+        *info = where;
         info->attempts = attempt;
         info->exhausted = exhausted;
         info->elapsed_us = pgtx__now_us() - started;
