@@ -215,6 +215,20 @@ static bool choose_strategy(shop_ctx *ctx)
     return true;
 }
 
+/* A read's Pgtx-Commit-LSN: what the client last wrote, which the answer
+   must not be older than.  Checked even without standbys, so that a
+   client's mistake shows before there are any. */
+static bool read_position(shop_ctx *ctx)
+{
+    const char *h = ctx->req->commit_lsn;
+    if (h == NULL || pgtx_lsn_parse(h, &ctx->min_lsn) == PGTX_OK)
+        return true;
+    reply_error(ctx->res, 400, "invalid_commit_lsn",
+                "Pgtx-Commit-LSN must be a WAL position as a write's answer "
+                "gave it, like 0/16B3748");
+    return false;
+}
+
 /* ---- the app --------------------------------------------------------------------- */
 
 /* lock_timeout_ms bounds each wait for a row that another transaction
@@ -223,12 +237,14 @@ static bool choose_strategy(shop_ctx *ctx)
    other side keeps its lock.  The library sends it as SET LOCAL in BEGIN's
    round trip, so it never stays on a pooled (or PgBouncer's) session. */
 static pgtx_status engine_new(pgtx_pool *pool, pgtx_isolation iso, bool read_only,
-                              int lock_timeout_ms, pgtx_engine **out, pgtx_error *err)
+                              int lock_timeout_ms, bool lsn, pgtx_engine **out,
+                              pgtx_error *err)
 {
     pgtx_engine_options opt;
     pgtx_engine_options_init(&opt);
     opt.isolation = iso;
     opt.read_only = read_only;
+    opt.report_commit_lsn = lsn;
     opt.lock_timeout_ms = lock_timeout_ms;
     /* Live under heavy contention (64 clients on one row): the optimistic and
        serializable strategies lose most races there, so they get many short
@@ -256,13 +272,16 @@ pgtx_status shop_app_create(pgtx_pool *pool, shop_metrics *metrics,
     app->allow_unsafe = cfg->allow_unsafe;
     /* Reads take no row locks (plain SELECTs): only writes need the bound. */
     int lock_ms = cfg->lock_timeout_ms;
-    pgtx_status st = engine_new(pool, PGTX_READ_COMMITTED, false, lock_ms,
+    /* Commit positions cost a statement per transaction: only standbys
+       that reads may go to need them (Pgtx-Commit-LSN). */
+    bool lsn = cfg->read_database != NULL;
+    pgtx_status st = engine_new(pool, PGTX_READ_COMMITTED, false, lock_ms, lsn,
                                 &app->writer, err);
     if (st == PGTX_OK)
-        st = engine_new(pool, PGTX_SERIALIZABLE, false, lock_ms,
+        st = engine_new(pool, PGTX_SERIALIZABLE, false, lock_ms, lsn,
                         &app->serializable, err);
     if (st == PGTX_OK)
-        st = engine_new(pool, PGTX_READ_COMMITTED, true, 0, &app->reader, err);
+        st = engine_new(pool, PGTX_READ_COMMITTED, true, 0, lsn, &app->reader, err);
     /* auth_init fails when libsodium cannot start or when its cache cannot
        be allocated: only the first is not a lack of memory (found by
        tests/test_alloc_fail.c, which got INVALID for an allocation). */
@@ -278,10 +297,20 @@ pgtx_status shop_app_create(pgtx_pool *pool, shop_metrics *metrics,
     return PGTX_OK;
 }
 
+pgtx_status shop_app_use_standbys(shop_app *app, pgtx_pool *standbys,
+                                  pgtx_error *err)
+{
+    if (app == NULL || standbys == NULL || app->standby != NULL)
+        return pgtx_fail(err, PGTX_INVALID, "an app without standbys and a pool "
+                         "are required");
+    return engine_new(standbys, PGTX_READ_COMMITTED, true, 0, false, &app->standby, err);
+}
+
 void shop_app_destroy(shop_app *app)
 {
     if (app == NULL)
         return;
+    pgtx_engine_destroy(app->standby);
     pgtx_engine_destroy(app->writer);
     pgtx_engine_destroy(app->serializable);
     pgtx_engine_destroy(app->reader);
@@ -305,7 +334,8 @@ static const shop_route *request_begin(shop_app *app, const shop_request *req,
         return NULL;
     res->route = r->label;
     ctx->write = r->write;
-    if (!authorize(ctx, r->access) || (r->write && !choose_strategy(ctx)))
+    if (!authorize(ctx, r->access) || (r->write && !choose_strategy(ctx)) ||
+        (!r->write && !read_position(ctx)))
         return NULL;
     return r;
 }

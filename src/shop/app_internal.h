@@ -42,6 +42,8 @@ struct shop_app {
     pgtx_engine *writer;        /* owned: READ COMMITTED */
     pgtx_engine *serializable;  /* owned: SERIALIZABLE, for that strategy */
     pgtx_engine *reader;        /* owned: READ COMMITTED, READ ONLY */
+    pgtx_engine *standby;       /* owned: READ ONLY on the standbys' pool
+                                   (--read-database), or NULL */
     pgtx_strategy default_strategy;
     bool allow_unsafe;
     bool has_admin;             /* false: no admin token, admin routes 401 */
@@ -66,6 +68,7 @@ typedef struct shop_ctx {
     int64_t account_id;        /* SHOP_ROLE_ACCOUNT: whose token it is */
     pgtx_strategy strategy;    /* write routes: the request's strategy */
     bool write;                /* a write route: reports retries, metrics */
+    uint64_t min_lsn;          /* a read's Pgtx-Commit-LSN; 0: none */
 } shop_ctx;
 
 /*
@@ -211,6 +214,9 @@ pgtx_status run_refusable_from(shop_ctx *ctx, const shop_refusable *w, void *arg
                                pgtx_status first, bool *answered,
                                pgtx_run_info *info, pgtx_error *err);
 /* run_raw that answers every failure: true when it committed. */
+/* A write's commit position (pgtx_run_info.commit_lsn) into the answer's
+   Pgtx-Commit-LSN: the furthest of the request's transactions. */
+void note_commit_lsn(shop_response *res, pgtx_status st, const pgtx_run_info *info);
 bool run_tx(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
             const shop_fault *fault);
 

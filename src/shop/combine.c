@@ -141,6 +141,7 @@ static void run_batch(const shop_combinable *c, shop_ctx *const *ctx, char *args
         int retries = calls[m].attempts > 1 ? calls[m].attempts - 1 : 0;
         x->res->batch = k;
         x->res->retries = retries;
+        note_commit_lsn(x->res, calls[m].status, &info);
         bool wrote = c->finish(x, calls[m].arg, &calls[m], m, &info);
         if (x->app->metrics)
             shop_metrics_tx(x->app->metrics, x->strategy,

@@ -72,6 +72,7 @@ void shop_log(shop_log_level level, const char *fmt, ...)
 
 typedef enum opt_id {
     OPT_DATABASE,
+    OPT_READ_DATABASE,
     OPT_DATA_DIR,
     OPT_LISTEN,
     OPT_REUSE_PORT,
@@ -110,6 +111,13 @@ static const opt_spec specs[OPT_COUNT] = {
     [OPT_DATABASE] = {"--database", "DATABASE_URL", "CONNINFO", NOT_A_NUMBER,
                       "PostgreSQL connection string or URI; \"\" means libpq's "
                       "PG* variables;\nunset: an embedded cluster in --data-dir"},
+    [OPT_READ_DATABASE] = {"--read-database", "PGTX_READ_DATABASE", "CONNINFO",
+                           NOT_A_NUMBER,
+                           "standbys for GET routes (e.g. host=a,b ... "
+                           "target_session_attrs=prefer-standby);\n"
+                           "a read sent with Pgtx-Commit-LSN goes to the primary "
+                           "unless the standby\nhas replayed it; unset: every "
+                           "read on --database"},
     [OPT_DATA_DIR] = {"--data-dir", "PGTX_DATA_DIR", "DIR", NOT_A_NUMBER,
                       "the embedded cluster's folder; the generated admin token "
                       "is kept\nin the folder above it"},
@@ -232,6 +240,7 @@ static void default_text(opt_id id, const shop_config *d, char *out, size_t n)
 {
     switch (id) {
     case OPT_DATABASE: snprintf(out, n, "embedded cluster"); break;
+    case OPT_READ_DATABASE: snprintf(out, n, "none: reads on --database"); break;
     case OPT_DATA_DIR: snprintf(out, n, "%s", d->data_dir); break;
     case OPT_LISTEN: snprintf(out, n, "%s", SHOP_DEFAULT_LISTEN); break;
     case OPT_REUSE_PORT: snprintf(out, n, "off"); break;
@@ -438,6 +447,13 @@ static bool apply(opt_id id, origin o, const char *s, targets t)
         if (!check_conninfo(o, s))
             return false;
         cfg->database = s;
+        return true;
+    case OPT_READ_DATABASE:
+        if (*s == '\0')
+            return bad(o, s, "is empty (leave it unset to read from --database)");
+        if (!check_conninfo(o, s))
+            return false;
+        cfg->read_database = s;
         return true;
     case OPT_DATA_DIR:
         if (*s == '\0')

@@ -556,6 +556,13 @@ static void add_headers(shop_http *h, struct MHD_Response *resp,
         snprintf(num, sizeof num, "%d", job->res.batch);
         MHD_add_response_header(resp, "Pgtx-Batch", num);
     }
+    if (job->res.commit_lsn) {
+        char lsn[PGTX_LSN_SIZE];
+        MHD_add_response_header(resp, "Pgtx-Commit-LSN",
+                                pgtx_lsn_format(job->res.commit_lsn, lsn));
+    }
+    if (job->res.read_from)
+        MHD_add_response_header(resp, "Pgtx-Read-From", job->res.read_from);
     if (job->res.allow)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, job->res.allow);
     if (close || atomic_load(&h->draining))
@@ -1190,6 +1197,7 @@ static http_job *job_new(struct MHD_Connection *conn, const char *url,
         .authorization = header(conn, MHD_HTTP_HEADER_AUTHORIZATION),
         .strategy = header(conn, "Pgtx-Strategy"),
         .idempotency_key = header(conn, "Idempotency-Key"),
+        .commit_lsn = header(conn, "Pgtx-Commit-LSN"),
     };
     job->res = response_new();
     job->loopback = is_loopback(conn);

@@ -38,6 +38,7 @@ typedef struct service {
     const char *conninfo;   /* borrowed from cfg or the cluster */
     pgtx_pool *pool;        /* owned, like the four below */
     pgtx_pool *health_pool; /* /healthz's one connection */
+    pgtx_pool *read_pool;   /* --read-database's standbys, or NULL */
     shop_metrics *metrics;
     shop_app *app;
     shop_http *http;
@@ -185,6 +186,33 @@ static void on_health_pool_log(void *arg, pgtx_log_level level, const char *msg)
     shop_log(SHOP_LOG_DEBUG, "healthz %s", msg);
 }
 
+/* The standbys' pool is sized like the primary's: a GET that finds it
+   behind or down goes to the primary instead, so it never has to wait
+   for one long.  Opened lazily, like the other: a standby that is down at
+   start-up only sends reads to the primary. */
+static bool create_read_pool(service *s)
+{
+    if (s->cfg.read_database == NULL)
+        return true;
+    pgtx_pool_config pc;
+    pgtx_pool_config_init(&pc);
+    pc.conninfo = s->cfg.read_database;
+    pc.application_name = "pgtx-shop-read";
+    pc.pool_size = s->cfg.pool_size;
+    pc.max_overflow = s->cfg.max_overflow;
+    pc.idle_timeout_ms = s->cfg.idle_timeout_ms;
+    pc.statement_cache_size = s->cfg.statement_cache;
+    pc.checkout_timeout_ms = s->cfg.pool_timeout_ms;
+    pc.socket_timeout_ms = s->cfg.db_timeout_ms;
+    pc.log = on_pool_log;
+    pgtx_error e;
+    if (pgtx_pool_create(&pc, &s->read_pool, &e) != PGTX_OK) {
+        fprintf(stderr, "pgtx-shop: cannot create the read pool: %s\n", e.message);
+        return false;
+    }
+    return true;
+}
+
 static bool create_pool(service *s)
 {
     pgtx_pool_config pc;
@@ -213,7 +241,7 @@ static bool create_pool(service *s)
         fprintf(stderr, "pgtx-shop: cannot create the health check pool: %s\n", e.message);
         return false;
     }
-    return true;
+    return create_read_pool(s);
 }
 
 /* A database that is still starting (a container next door) gets a few
@@ -401,7 +429,8 @@ static bool create_app(service *s)
     }
     pgtx_error e;
     if (shop_app_create(s->pool, s->metrics, &s->cfg, s->token, &s->app, &e) !=
-        PGTX_OK) {
+            PGTX_OK ||
+        (s->read_pool && shop_app_use_standbys(s->app, s->read_pool, &e) != PGTX_OK)) {
         fprintf(stderr, "pgtx-shop: cannot set up the service: %s\n", e.message);
         return false;
     }
@@ -467,6 +496,7 @@ static bool stop(service *s)
         shop_log(SHOP_LOG_WARN, "connections still borrowed at shutdown");
     pgtx_pool_destroy(s->pool);
     pgtx_pool_destroy(s->health_pool);
+    pgtx_pool_destroy(s->read_pool);
     shop_metrics_destroy(s->metrics);
     sodium_memzero(s->token, sizeof s->token);
     if (s->cluster == NULL)

@@ -38,6 +38,7 @@ struct shop_metrics {
     size_t nroutes, cap;
     tx_stats tx[PGTX_STRATEGY_COUNT]; /* atomics: the hot path takes no lock */
     _Atomic uint64_t auth_lookups, auth_cached; /* account tokens checked */
+    _Atomic uint64_t reads[SHOP_READ_OUTCOMES]; /* GETs with standbys */
     /* connections opened per second, between two scrapes at least a
        second apart (guarded by mu) */
     uint64_t opened_seen;
@@ -85,6 +86,12 @@ void shop_metrics_auth_lookup(shop_metrics *m, bool cached)
 {
     if (m != NULL)
         atomic_fetch_add(cached ? &m->auth_cached : &m->auth_lookups, 1);
+}
+
+void shop_metrics_read(shop_metrics *m, shop_read_outcome o)
+{
+    if (m != NULL && (unsigned)o < SHOP_READ_OUTCOMES)
+        atomic_fetch_add(&m->reads[o], 1);
 }
 
 /* ---- requests ---------------------------------------------------------- */
@@ -313,6 +320,20 @@ static void render_pool_counters(FILE *f, const pgtx_pool_stats *s)
             "Prepared statements dropped to make room.", s->stmt_evictions);
 }
 
+static void render_reads(FILE *f, shop_metrics *m)
+{
+    header(f, "reads_total", "counter",
+           "GETs with --read-database: served by a standby, or by the primary "
+           "because the standby had not replayed the client's Pgtx-Commit-LSN "
+           "(behind) or could not be had (unavailable).");
+    fprintf(f, "pgtx_shop_reads_total{served_by=\"standby\"} %llu\n"
+               "pgtx_shop_reads_total{served_by=\"primary\",reason=\"behind\"} %llu\n"
+               "pgtx_shop_reads_total{served_by=\"primary\",reason=\"unavailable\"} %llu\n",
+            (unsigned long long)atomic_load(&m->reads[SHOP_READ_STANDBY]),
+            (unsigned long long)atomic_load(&m->reads[SHOP_READ_BEHIND]),
+            (unsigned long long)atomic_load(&m->reads[SHOP_READ_UNAVAILABLE]));
+}
+
 static void render_runner(FILE *f, const pgtx_pool_stats *s)
 {
     counter(f, "pool_commits_total", "Transactions committed.", s->commits);
@@ -323,13 +344,18 @@ static void render_runner(FILE *f, const pgtx_pool_stats *s)
                "pgtx_shop_pool_retries_total{reason=\"stale\"} %llu\n"
                "pgtx_shop_pool_retries_total{reason=\"connection\"} %llu\n"
                "pgtx_shop_pool_retries_total{reason=\"prepared_stale\"} %llu\n"
-               "pgtx_shop_pool_retries_total{reason=\"lock_not_available\"} %llu\n",
+               "pgtx_shop_pool_retries_total{reason=\"lock_not_available\"} %llu\n"
+               "pgtx_shop_pool_retries_total{reason=\"read_only_node\"} %llu\n",
             (unsigned long long)s->retries_serialization,
             (unsigned long long)s->retries_deadlock,
             (unsigned long long)s->retries_stale,
             (unsigned long long)s->retries_connection,
             (unsigned long long)s->retries_prepared,
-            (unsigned long long)s->retries_lock_not_available);
+            (unsigned long long)s->retries_lock_not_available,
+            (unsigned long long)s->retries_read_only);
+    counter(f, "pool_read_only_closed_total",
+            "Connections closed because their server was a standby (after a "
+            "failover).", s->read_only_closed);
     counter(f, "pool_commit_unknown_total",
             "Connections lost during COMMIT (outcome unknown).", s->commit_unknown);
     counter(f, "pool_socket_timeouts_total",
@@ -411,6 +437,7 @@ char *shop_metrics_render(shop_metrics *m, pgtx_pool *pool,
     counter(f, "auth_cache_hits_total",
             "Account tokens checked against a recent lookup instead.",
             atomic_load(&m->auth_cached));
+    render_reads(f, m);
     if (pool) {
         pgtx_pool_stats s;
         pgtx_pool_stats_get(pool, &s);

@@ -41,6 +41,7 @@ typedef enum shop_log_level {
 
 typedef struct shop_config {
     const char *database;     /* NULL: embedded local cluster */
+    const char *read_database; /* NULL: reads on database too */
     const char *listen_host;  /* "127.0.0.1" */
     int listen_port;          /* 8080; 0 picks a free port (printed) */
     const char *admin_token;  /* NULL: generated/stored on first run */
@@ -79,6 +80,15 @@ void shop_metrics_tx(shop_metrics *m, pgtx_strategy s, shop_tx_outcome o,
    else it cost a database lookup. */
 void shop_metrics_auth_lookup(shop_metrics *m, bool cached);
 
+/* Where a GET ran when there are standbys (--read-database). */
+typedef enum shop_read_outcome {
+    SHOP_READ_STANDBY,     /* on a standby that had replayed what it needed */
+    SHOP_READ_BEHIND,      /* on the primary: the standby was behind */
+    SHOP_READ_UNAVAILABLE, /* on the primary: no standby could be had */
+    SHOP_READ_OUTCOMES
+} shop_read_outcome;
+void shop_metrics_read(shop_metrics *m, shop_read_outcome o);
+
 /* ---- the app (app.c and friends) ---------------------------------------- */
 
 typedef struct shop_app shop_app;
@@ -91,6 +101,7 @@ typedef struct shop_request {
     const char *authorization;   /* the header's value, or NULL */
     const char *strategy;        /* Pgtx-Strategy, or NULL */
     const char *idempotency_key; /* Idempotency-Key, or NULL */
+    const char *commit_lsn;      /* Pgtx-Commit-LSN (a read's), or NULL */
 } shop_request;
 
 typedef struct shop_response {
@@ -108,6 +119,9 @@ typedef struct shop_response {
     int64_t who;         /* for logs: the account acting, 0 the admin, -1 nobody */
     int batch;           /* Pgtx-Batch: requests that shared its transaction;
                             0: no header (not a combinable write) */
+    uint64_t commit_lsn; /* Pgtx-Commit-LSN of the write's commit; 0: none */
+    const char *read_from; /* static Pgtx-Read-From ("standby", "primary")
+                              of a GET when there are standbys, or NULL */
 } shop_response;
 
 /* A row that a write changes, named before the write runs, so that
@@ -153,6 +167,11 @@ void shop_request_rows_of(const shop_request *req, shop_request_rows *out);
 pgtx_status shop_app_create(pgtx_pool *pool, shop_metrics *metrics,
                             const shop_config *cfg, const char *admin_token,
                             shop_app **out, pgtx_error *err);
+/* GET routes on `standbys` (borrowed; it outlives the app) from now on,
+   each on the primary instead when the standby it gets has not replayed
+   the request's Pgtx-Commit-LSN.  Call before the first request. */
+pgtx_status shop_app_use_standbys(shop_app *app, pgtx_pool *standbys,
+                                  pgtx_error *err);
 void shop_app_destroy(shop_app *app);
 
 /* Handles one request; thread-safe; never fails: every outcome, including a

@@ -32,6 +32,12 @@ void result_reset(PGresult **r)
 
 /* ---- running ------------------------------------------------------------- */
 
+void note_commit_lsn(shop_response *res, pgtx_status st, const pgtx_run_info *info)
+{
+    if (st == PGTX_OK && info->commit_lsn > res->commit_lsn)
+        res->commit_lsn = info->commit_lsn;
+}
+
 pgtx_status run_counted(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
                         void *arg, bool (*wrote)(const void *arg),
                         pgtx_run_info *info, pgtx_error *err)
@@ -45,6 +51,7 @@ pgtx_status run_counted(shop_ctx *ctx, pgtx_engine *engine, pgtx_tx_fn fn,
            re-reads a concurrent winner): its retries add up. */
         ctx->res->retries = (ctx->res->retries > 0 ? ctx->res->retries : 0) + retries;
         bool committed = st == PGTX_OK && (wrote == NULL || wrote(arg));
+        note_commit_lsn(ctx->res, st, info);
         if (ctx->app->metrics)
             shop_metrics_tx(ctx->app->metrics, ctx->strategy,
                             committed ? SHOP_TX_COMMITTED : SHOP_TX_FAILED, retries);
@@ -146,11 +153,64 @@ void reply_row(shop_response *res, int status, const PGresult *r)
 
 /* ---- GET by id -------------------------------------------------------------- */
 
+/* A read on a standby, with the check that it has replayed the client's
+   last commit in the same round trip. */
+typedef struct standby_read {
+    pgtx_tx_fn fn;
+    void *arg;
+    const char *lsn;  /* pg_lsn text, or NULL: any standby will do */
+    PGresult *caught_up;
+} standby_read;
+
+static pgtx_status standby_tx(pgtx_tx *tx, void *p, pgtx_error *err)
+{
+    standby_read *r = p;
+    result_reset(&r->caught_up);
+    pgtx_status st = PGTX_OK;
+    if (r->lsn)
+        st = pgtx_queue(tx, "SELECT NOT pg_is_in_recovery()"
+                            " OR pg_last_wal_replay_lsn() >= $1::pg_lsn",
+                        1, &r->lsn, &r->caught_up, err);
+    return st != PGTX_OK ? st : r->fn(tx, r->arg, err);
+}
+
+/* Did the standby's answer come from far enough along? */
+static bool standby_fresh(const standby_read *r)
+{
+    return r->lsn == NULL ||
+           (PQntuples(r->caught_up) == 1 && PQgetvalue(r->caught_up, 0, 0)[0] == 't');
+}
+
+/* A GET's transaction: on a standby when there are some and the one it
+   gets has replayed the client's Pgtx-Commit-LSN; else (or when no
+   standby can be had) on the primary, which has everything committed. */
+static bool run_read(shop_ctx *ctx, pgtx_tx_fn fn, void *arg)
+{
+    if (ctx->app->standby == NULL)
+        return run_tx(ctx, ctx->app->reader, fn, arg, NULL);
+    char lsn[PGTX_LSN_SIZE];
+    standby_read r = {fn, arg, ctx->min_lsn ? pgtx_lsn_format(ctx->min_lsn, lsn) : NULL,
+                      NULL};
+    pgtx_run_info info;
+    pgtx_error err;
+    pgtx_status st = pgtx_run(ctx->app->standby, standby_tx, &r, &info, &err);
+    bool fresh = st == PGTX_OK && standby_fresh(&r);
+    result_reset(&r.caught_up);
+    if (ctx->app->metrics)
+        shop_metrics_read(ctx->app->metrics, fresh ? SHOP_READ_STANDBY
+                                             : st == PGTX_OK ? SHOP_READ_BEHIND
+                                                             : SHOP_READ_UNAVAILABLE);
+    ctx->res->read_from = fresh ? "standby" : "primary";
+    /* a standby's failure (counted above) is not the request's: the
+       primary answers instead */
+    return fresh || run_tx(ctx, ctx->app->reader, fn, arg, NULL);
+}
+
 bool fetch_by_id(shop_ctx *ctx, const char *sql, const char *what, PGresult **out)
 {
     shop_num id = num_of(ctx->id);
     stmt_arg a = {.sql = sql, .n = 1, .params = {id.s}};
-    if (!run_tx(ctx, ctx->app->reader, stmt_tx, &a, NULL)) {
+    if (!run_read(ctx, stmt_tx, &a)) {
         PQclear(a.rows);
         return false;
     }
