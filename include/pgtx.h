@@ -405,7 +405,9 @@ typedef struct pgtx_engine_options {
        pgtx_run_info.commit_lsn: a position at or past the commit's own
        record, which a standby has applied once its
        pg_last_wal_replay_lsn() reaches it (read-your-writes on replicas).
-       Default false; ignored by read_only engines. */
+       A read_only engine's transaction gets the position that covers what
+       it read: the insert position on a primary, the replayed one on a
+       standby.  Default false. */
     bool report_commit_lsn;
 } pgtx_engine_options;
 

@@ -263,13 +263,22 @@ static taken round_read(pgtx_tx *tx, round_end end, pgtx_error *e)
     return worst;
 }
 
-/* The insert position, not pg_current_wal_lsn(): that one is where WAL
-   was written, which with synchronous_commit off can be short of the
-   commit record; the insert position never is. */
 static bool wants_lsn(const pgtx_tx *tx)
 {
-    const pgtx_engine_options *o = pgtx__engine_options(tx->engine);
-    return o->report_commit_lsn && !o->read_only;
+    return pgtx__engine_options(tx->engine)->report_commit_lsn;
+}
+
+/* The insert position, not pg_current_wal_lsn(): that one is where WAL
+   was written, which with synchronous_commit off can be short of the
+   commit record; the insert position never is.  A read-only transaction
+   may run on a standby, where that function fails: there, what it saw is
+   what was replayed. */
+static const char *lsn_sql(const pgtx_tx *tx)
+{
+    return pgtx__engine_options(tx->engine)->read_only
+               ? "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+                 " ELSE pg_current_wal_insert_lsn() END"
+               : "SELECT pg_current_wal_insert_lsn()";
 }
 
 /* Send the round (ending it as `end` says) and read every result back:
@@ -283,7 +292,7 @@ static pgtx_status round_sync(pgtx_tx *tx, round_end end, pgtx_error *err)
         sent = queue_plain(tx, end == END_COMMIT ? ITEM_COMMIT : ITEM_ROLLBACK,
                            end == END_COMMIT ? "COMMIT" : "ROLLBACK");
     if (end == END_COMMIT && wants_lsn(tx))
-        sent = queue_plain(tx, ITEM_LSN, "SELECT pg_current_wal_insert_lsn()") && sent;
+        sent = queue_plain(tx, ITEM_LSN, lsn_sql(tx)) && sent;
     pgtx__count_round_trip(tx->pool);
     sent = PQpipelineSync(tx->pg) == 1 && sent;
     /* ERROR before the COMMIT means the server skipped it: not unknown. */
