@@ -44,6 +44,8 @@ struct shop_app {
     pgtx_engine *reader;        /* owned: READ COMMITTED, READ ONLY */
     pgtx_engine *standby;       /* owned: READ ONLY on the standbys' pool
                                    (--read-database), or NULL */
+    _Atomic int64_t standby_down_until_us; /* reads skip the standbys until
+                                              then (CLOCK_MONOTONIC) */
     pgtx_strategy default_strategy;
     bool allow_unsafe;
     bool has_admin;             /* false: no admin token, admin routes 401 */

@@ -20,6 +20,9 @@
 #include "localpg.h"
 #include "notify.h"
 
+/* The longest a read waits for a standby's connection before the primary
+   answers it instead. */
+#define READ_WAIT_MS 1000
 /* How long start-up keeps trying to reach the database. */
 #define CONNECT_WAIT_MS 5000
 /* How long shutdown waits for requests in flight. */
@@ -202,7 +205,11 @@ static bool create_read_pool(service *s)
     pc.max_overflow = s->cfg.max_overflow;
     pc.idle_timeout_ms = s->cfg.idle_timeout_ms;
     pc.statement_cache_size = s->cfg.statement_cache;
-    pc.checkout_timeout_ms = s->cfg.pool_timeout_ms;
+    /* a standby is a shortcut, never worth a long wait: the primary can
+       always answer instead */
+    pc.checkout_timeout_ms = s->cfg.pool_timeout_ms < READ_WAIT_MS ? s->cfg.pool_timeout_ms
+                                                                   : READ_WAIT_MS;
+    pc.connect_timeout_ms = READ_WAIT_MS;
     pc.socket_timeout_ms = s->cfg.db_timeout_ms;
     pc.log = on_pool_log;
     pgtx_error e;

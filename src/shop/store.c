@@ -1,9 +1,11 @@
 /* store.c — running a request's transaction, rows as JSON, and the counters that each strategy changes its own way. */
 #include "app_internal.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Type oids of the columns the shop selects (pg_type.h is server-side). */
 #define OID_BOOL 16
@@ -184,10 +186,43 @@ static bool standby_fresh(const standby_read *r)
 /* A GET's transaction: on a standby when there are some and the one it
    gets has replayed the client's Pgtx-Commit-LSN; else (or when no
    standby can be had) on the primary, which has everything committed. */
+/* After a standby could not be had, reads go straight to the primary for
+   this long: a standby that is down must not cost every read a connect
+   attempt. */
+#define STANDBY_BACKOFF_US 1000000
+
+static int64_t monotonic_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static bool standby_skipped(shop_app *app)
+{
+    return app->standby == NULL ||
+           atomic_load_explicit(&app->standby_down_until_us, memory_order_relaxed) >
+               monotonic_us();
+}
+
+static void standby_failed(shop_app *app, pgtx_status st)
+{
+    pgtx_class c = pgtx_status_class(st);
+    if (c == PGTX_CLASS_CONNECTION || c == PGTX_CLASS_POOL)
+        atomic_store_explicit(&app->standby_down_until_us,
+                              monotonic_us() + STANDBY_BACKOFF_US, memory_order_relaxed);
+}
+
 static bool run_read(shop_ctx *ctx, pgtx_tx_fn fn, void *arg)
 {
     if (ctx->app->standby == NULL)
         return run_tx(ctx, ctx->app->reader, fn, arg, NULL);
+    if (standby_skipped(ctx->app)) {
+        if (ctx->app->metrics)
+            shop_metrics_read(ctx->app->metrics, SHOP_READ_UNAVAILABLE);
+        ctx->res->read_from = "primary";
+        return run_tx(ctx, ctx->app->reader, fn, arg, NULL);
+    }
     char lsn[PGTX_LSN_SIZE];
     standby_read r = {fn, arg, ctx->min_lsn ? pgtx_lsn_format(ctx->min_lsn, lsn) : NULL,
                       NULL};
@@ -196,6 +231,8 @@ static bool run_read(shop_ctx *ctx, pgtx_tx_fn fn, void *arg)
     pgtx_status st = pgtx_run(ctx->app->standby, standby_tx, &r, &info, &err);
     bool fresh = st == PGTX_OK && standby_fresh(&r);
     result_reset(&r.caught_up);
+    if (st != PGTX_OK)
+        standby_failed(ctx->app, st);
     if (ctx->app->metrics)
         shop_metrics_read(ctx->app->metrics, fresh ? SHOP_READ_STANDBY
                                              : st == PGTX_OK ? SHOP_READ_BEHIND
