@@ -9,6 +9,7 @@ PACKAGES=(
   libmicrohttpd-dev libjansson-dev libsodium-dev libsystemd-dev curl
   python3-jsonschema python3-yaml scdoc man-db groff-base
   postgresql postgresql-common postgresql-contrib pgbouncer
+  postgresql-15-auto-failover
 )
 
 missing=()
