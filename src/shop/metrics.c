@@ -325,13 +325,16 @@ static void render_reads(FILE *f, shop_metrics *m)
     header(f, "reads_total", "counter",
            "GETs with --read-database: served by a standby, or by the primary "
            "because the standby had not replayed the client's Pgtx-Commit-LSN "
-           "(behind) or could not be had (unavailable).");
+           "(behind), could not be had (unavailable) or did not have the row "
+           "(not_on_standby: the primary says whether it exists).");
     fprintf(f, "pgtx_shop_reads_total{served_by=\"standby\"} %llu\n"
                "pgtx_shop_reads_total{served_by=\"primary\",reason=\"behind\"} %llu\n"
-               "pgtx_shop_reads_total{served_by=\"primary\",reason=\"unavailable\"} %llu\n",
+               "pgtx_shop_reads_total{served_by=\"primary\",reason=\"unavailable\"} %llu\n"
+               "pgtx_shop_reads_total{served_by=\"primary\",reason=\"not_on_standby\"} %llu\n",
             (unsigned long long)atomic_load(&m->reads[SHOP_READ_STANDBY]),
             (unsigned long long)atomic_load(&m->reads[SHOP_READ_BEHIND]),
-            (unsigned long long)atomic_load(&m->reads[SHOP_READ_UNAVAILABLE]));
+            (unsigned long long)atomic_load(&m->reads[SHOP_READ_UNAVAILABLE]),
+            (unsigned long long)atomic_load(&m->reads[SHOP_READ_MISSING]));
 }
 
 static void render_runner(FILE *f, const pgtx_pool_stats *s)

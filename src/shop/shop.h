@@ -85,6 +85,8 @@ typedef enum shop_read_outcome {
     SHOP_READ_STANDBY,     /* on a standby that had replayed what it needed */
     SHOP_READ_BEHIND,      /* on the primary: the standby was behind */
     SHOP_READ_UNAVAILABLE, /* on the primary: no standby could be had */
+    SHOP_READ_MISSING,     /* on the primary: the standby did not have the
+                              row (not arrived yet, or not there at all) */
     SHOP_READ_OUTCOMES
 } shop_read_outcome;
 void shop_metrics_read(shop_metrics *m, shop_read_outcome o);

@@ -213,41 +213,56 @@ static void standby_failed(shop_app *app, pgtx_status st)
                               monotonic_us() + STANDBY_BACKOFF_US, memory_order_relaxed);
 }
 
-static bool run_read(shop_ctx *ctx, pgtx_tx_fn fn, void *arg)
+/* Where the read ran (and, with `rows`, what it found): Pgtx-Read-From
+   goes only on the answers it decides, 200 and 404. */
+static void read_from(shop_ctx *ctx, bool standby, shop_read_outcome o)
 {
-    if (ctx->app->standby == NULL)
-        return run_tx(ctx, ctx->app->reader, fn, arg, NULL);
-    if (standby_skipped(ctx->app)) {
-        if (ctx->app->metrics)
-            shop_metrics_read(ctx->app->metrics, SHOP_READ_UNAVAILABLE);
-        ctx->res->read_from = "primary";
-        return run_tx(ctx, ctx->app->reader, fn, arg, NULL);
-    }
-    char lsn[PGTX_LSN_SIZE];
-    standby_read r = {fn, arg, ctx->min_lsn ? pgtx_lsn_format(ctx->min_lsn, lsn) : NULL,
-                      NULL};
-    pgtx_run_info info;
-    pgtx_error err;
-    pgtx_status st = pgtx_run(ctx->app->standby, standby_tx, &r, &info, &err);
-    bool fresh = st == PGTX_OK && standby_fresh(&r);
-    result_reset(&r.caught_up);
-    if (st != PGTX_OK)
-        standby_failed(ctx->app, st);
     if (ctx->app->metrics)
-        shop_metrics_read(ctx->app->metrics, fresh ? SHOP_READ_STANDBY
-                                             : st == PGTX_OK ? SHOP_READ_BEHIND
-                                                             : SHOP_READ_UNAVAILABLE);
-    ctx->res->read_from = fresh ? "standby" : "primary";
-    /* a standby's failure (counted above) is not the request's: the
-       primary answers instead */
-    return fresh || run_tx(ctx, ctx->app->reader, fn, arg, NULL);
+        shop_metrics_read(ctx->app->metrics, o);
+    ctx->res->read_from = standby ? "standby" : "primary";
+}
+
+/* A GET by id: on a standby when there are some, the one it gets has
+   replayed the client's Pgtx-Commit-LSN, and it finds the row; else on
+   the primary, which has everything committed.  A row missing on a
+   standby may just not have arrived yet (it was created a moment ago, and
+   the client sent no position): the primary says whether it exists. */
+static bool run_read(shop_ctx *ctx, stmt_arg *a)
+{
+    shop_app *app = ctx->app;
+    if (app->standby == NULL)
+        return run_tx(ctx, app->reader, stmt_tx, a, NULL);
+    shop_read_outcome o = SHOP_READ_UNAVAILABLE;
+    if (!standby_skipped(app)) {
+        char lsn[PGTX_LSN_SIZE];
+        standby_read r = {stmt_tx, a,
+                          ctx->min_lsn ? pgtx_lsn_format(ctx->min_lsn, lsn) : NULL, NULL};
+        pgtx_run_info info;
+        pgtx_error err;
+        pgtx_status st = pgtx_run(app->standby, standby_tx, &r, &info, &err);
+        bool fresh = st == PGTX_OK && standby_fresh(&r);
+        result_reset(&r.caught_up);
+        if (st != PGTX_OK)
+            standby_failed(app, st);
+        if (fresh && PQntuples(a->rows) > 0) {
+            read_from(ctx, true, SHOP_READ_STANDBY);
+            return true;
+        }
+        o = fresh ? SHOP_READ_MISSING : st == PGTX_OK ? SHOP_READ_BEHIND : SHOP_READ_UNAVAILABLE;
+    }
+    /* a standby's failure (counted) is not the request's: the primary
+       answers instead */
+    if (!run_tx(ctx, app->reader, stmt_tx, a, NULL))
+        return false;
+    read_from(ctx, false, o);
+    return true;
 }
 
 bool fetch_by_id(shop_ctx *ctx, const char *sql, const char *what, PGresult **out)
 {
     shop_num id = num_of(ctx->id);
     stmt_arg a = {.sql = sql, .n = 1, .params = {id.s}};
-    if (!run_read(ctx, stmt_tx, &a)) {
+    if (!run_read(ctx, &a)) {
         PQclear(a.rows);
         return false;
     }

@@ -73,6 +73,10 @@ class ReadDatabaseIsTheSameServer(shoplib.ShopTestCase):
         check(g.status == 200 and g.json["balance"] == 1010, lambda: "read: %r" % g)
         check(g.headers.get("pgtx-read-from") == "standby", lambda: "read from %r" % g.headers)
         check("pgtx-commit-lsn" not in g.headers, "a GET answered with Pgtx-Commit-LSN")
+        # a row the read database lacks is looked for on the primary
+        g = c.request("GET", "/v1/products/%d" % shoplib.INT64_MAX)
+        check(g.status == 404 and g.headers.get("pgtx-read-from") == "primary",
+              lambda: "missing row: %r %r" % (g, g.headers))
 
     def test_an_order_replay_carries_a_position_past_the_order(self):
         h, c = self.h, self.client()
