@@ -218,6 +218,20 @@ const char *h_unique(const char *prefix)
     return buf;
 }
 
+char *h_table(PGconn *admin, const char *prefix, const char *columns)
+{
+    char *name = strdup(h_unique(prefix));
+    assert_non_null(name);
+    h_execf(admin, "DROP TABLE IF EXISTS %s; CREATE TABLE %s (%s)", name, name, columns);
+    return name;
+}
+
+void h_table_drop(PGconn *admin, char *name)
+{
+    h_execf(admin, "DROP TABLE %s", name);
+    free(name);
+}
+
 void h_check_shop_invariants(PGconn *pg, bool naive_lose)
 {
     assert_int_equal(h_scalar(pg,

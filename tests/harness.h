@@ -58,6 +58,13 @@ void h_run_threads(int n, void *(*fn)(void *), void *base, size_t stride);
 /* A name unique to this test process, for tables and application names. */
 const char *h_unique(const char *prefix);
 
+/* A table of this test process's own, made afresh (dropped first if a
+   crashed run left it): CREATE TABLE <prefix_pid> (<columns>).  Returns its
+   name; free() it. */
+char *h_table(PGconn *admin, const char *prefix, const char *columns);
+/* Drop a table h_table() made and free its name. */
+void h_table_drop(PGconn *admin, char *name);
+
 /* A schema of the test's own (named from `prefix`, into schema[n]), made
    afresh, and a side connection whose search_path is it; PGOPTIONS is set
    so that every pool made afterwards works in it too, so that the test can

@@ -17,17 +17,14 @@ static int setup(void **state)
 {
     (void)state;
     admin = h_connect("conc-admin");
-    tbl = strdup(h_unique("conc_counter"));
-    h_execf(admin, "DROP TABLE IF EXISTS %s; CREATE TABLE %s (id int PRIMARY KEY, n bigint)",
-            tbl, tbl);
+    tbl = h_table(admin, "conc_counter", "id int PRIMARY KEY, n bigint");
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    h_execf(admin, "DROP TABLE %s", tbl);
-    free(tbl);
+    h_table_drop(admin, tbl);
     PQfinish(admin);
     return 0;
 }

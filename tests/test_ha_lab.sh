@@ -7,6 +7,9 @@
 # other node without losing the row, and that writes work afterwards.  The
 # lab's own figures (time to come up, to a new primary, to rejoin) are
 # printed, never asserted: the machine may be busy.
+# usage: test_ha_lab.sh [CMD...]: CMD runs after those checks, on the same
+# lab, with its PGTX_HA_* variables (ctest passes tests/test_standby.c's
+# binary).
 # Needs pg_autoctl (Debian's postgresql-15-auto-failover, scripts/deps.sh);
 # exits 77 (skipped) without it.  Uses its own state folder and free ports,
 # and none of libpq's PG* variables (scripts/with-pg.sh's cluster is unused).
@@ -73,8 +76,12 @@ inside() {
 }
 
 if [ "${1:-}" = --inside ]; then
+  shift
   inside
-  exit 0
+  # then the commands given (libpgtx's test_standby), on the same lab: one
+  # formation brought up for both
+  [ $# -eq 0 ] || "$@"
+  exit $?
 fi
 
 command -v pg_autoctl >/dev/null || { echo "SKIP: pg_autoctl not installed (scripts/deps.sh)"; exit 77; }
@@ -99,7 +106,7 @@ trap '"$HA" down >/dev/null 2>&1 || true' EXIT
 
 start=$(date +%s)
 rc=0
-timeout -k 20 330 "$HA" run --replica -- "$SELF" --inside || rc=$?
+timeout -k 20 480 "$HA" run --replica -- "$SELF" --inside "$@" || rc=$?
 echo "ha_lab: whole run $(($(date +%s) - start)) s, status $rc"
 [ "$rc" -eq 0 ] || fail "the run ended with status $rc (124: timed out)"
 [ ! -e "$PGTX_HA_DIR" ] || fail "$PGTX_HA_DIR is left after down"

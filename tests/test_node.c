@@ -14,17 +14,14 @@ static int setup(void **state)
 {
     (void)state;
     admin = h_connect("node-admin");
-    tbl = strdup(h_unique("node_t"));
-    h_execf(admin, "DROP TABLE IF EXISTS %s; CREATE TABLE %s (id serial PRIMARY KEY, v int)",
-            tbl, tbl);
+    tbl = h_table(admin, "node_t", "id serial PRIMARY KEY, v int");
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    h_execf(admin, "DROP TABLE %s", tbl);
-    free(tbl);
+    h_table_drop(admin, tbl);
     PQfinish(admin);
     return 0;
 }

@@ -18,9 +18,7 @@ static int setup(void **state)
 {
     (void)state;
     admin = h_connect("runner-admin");
-    tbl = strdup(h_unique("runner_t"));
-    h_execf(admin, "DROP TABLE IF EXISTS %s; CREATE TABLE %s (id int PRIMARY KEY, v int)",
-            tbl, tbl);
+    tbl = h_table(admin, "runner_t", "id int PRIMARY KEY, v int");
     pool = h_pool(2, 0, "runner");
     rc = h_engine(pool, PGTX_READ_COMMITTED);
     return 0;
@@ -31,8 +29,7 @@ static int teardown(void **state)
     (void)state;
     pgtx_engine_destroy(rc);
     pgtx_pool_destroy(pool);
-    h_execf(admin, "DROP TABLE %s", tbl);
-    free(tbl);
+    h_table_drop(admin, tbl);
     PQfinish(admin);
     return 0;
 }

@@ -189,6 +189,22 @@ static void on_health_pool_log(void *arg, pgtx_log_level level, const char *msg)
     shop_log(SHOP_LOG_DEBUG, "healthz %s", msg);
 }
 
+/* A pool's settings from the command line's. */
+static void pool_config(const service *s, const char *conninfo, const char *app,
+                        pgtx_pool_config *pc)
+{
+    pgtx_pool_config_init(pc);
+    pc->conninfo = conninfo;
+    pc->application_name = app;
+    pc->pool_size = s->cfg.pool_size;
+    pc->max_overflow = s->cfg.max_overflow;
+    pc->idle_timeout_ms = s->cfg.idle_timeout_ms;
+    pc->statement_cache_size = s->cfg.statement_cache;
+    pc->checkout_timeout_ms = s->cfg.pool_timeout_ms;
+    pc->socket_timeout_ms = s->cfg.db_timeout_ms;
+    pc->log = on_pool_log;
+}
+
 /* The standbys' pool is sized like the primary's: a GET that finds it
    behind or down goes to the primary instead, so it never has to wait
    for one long.  Opened lazily, like the other: a standby that is down at
@@ -198,20 +214,12 @@ static bool create_read_pool(service *s)
     if (s->cfg.read_database == NULL)
         return true;
     pgtx_pool_config pc;
-    pgtx_pool_config_init(&pc);
-    pc.conninfo = s->cfg.read_database;
-    pc.application_name = "pgtx-shop-read";
-    pc.pool_size = s->cfg.pool_size;
-    pc.max_overflow = s->cfg.max_overflow;
-    pc.idle_timeout_ms = s->cfg.idle_timeout_ms;
-    pc.statement_cache_size = s->cfg.statement_cache;
+    pool_config(s, s->cfg.read_database, "pgtx-shop-read", &pc);
     /* a standby is a shortcut, never worth a long wait: the primary can
        always answer instead */
-    pc.checkout_timeout_ms = s->cfg.pool_timeout_ms < READ_WAIT_MS ? s->cfg.pool_timeout_ms
-                                                                   : READ_WAIT_MS;
+    if (pc.checkout_timeout_ms > READ_WAIT_MS)
+        pc.checkout_timeout_ms = READ_WAIT_MS;
     pc.connect_timeout_ms = READ_WAIT_MS;
-    pc.socket_timeout_ms = s->cfg.db_timeout_ms;
-    pc.log = on_pool_log;
     pgtx_error e;
     if (pgtx_pool_create(&pc, &s->read_pool, &e) != PGTX_OK) {
         fprintf(stderr, "pgtx-shop: cannot create the read pool: %s\n", e.message);
@@ -223,16 +231,7 @@ static bool create_read_pool(service *s)
 static bool create_pool(service *s)
 {
     pgtx_pool_config pc;
-    pgtx_pool_config_init(&pc);
-    pc.conninfo = s->conninfo;
-    pc.application_name = "pgtx-shop";
-    pc.pool_size = s->cfg.pool_size;
-    pc.max_overflow = s->cfg.max_overflow;
-    pc.idle_timeout_ms = s->cfg.idle_timeout_ms;
-    pc.statement_cache_size = s->cfg.statement_cache;
-    pc.checkout_timeout_ms = s->cfg.pool_timeout_ms;
-    pc.socket_timeout_ms = s->cfg.db_timeout_ms;
-    pc.log = on_pool_log;
+    pool_config(s, s->conninfo, "pgtx-shop", &pc);
     pgtx_error e;
     if (pgtx_pool_create(&pc, &s->pool, &e) != PGTX_OK) {
         fprintf(stderr, "pgtx-shop: cannot create the connection pool: %s\n", e.message);

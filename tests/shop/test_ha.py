@@ -133,6 +133,15 @@ def fresh_psql():
     shoplib._psql.close()
 
 
+def start_processes(cls, extra):
+    """The class's PROCESSES servers on the lab, sharing one port when two."""
+    if cls.PROCESSES == 1:
+        cls.h.start_server(extra=extra, database=LAB.write_uri)
+        return
+    a = cls.h.start_server(extra=extra + ["--reuse-port"], database=LAB.write_uri)
+    cls.h.start_server("127.0.0.1:%d" % a.port, extra + ["--reuse-port"], database=LAB.write_uri)
+
+
 # ------------------------------------------------------------ failovers -----
 
 class Orderer:
@@ -203,12 +212,7 @@ class FailoverUnderLoad(shoplib.ShopTestCase):
     def setUpServers(cls):
         # a request the database does not answer within 5 s is a 503, not a
         # worker held for as long as the failover takes
-        extra = ["--db-timeout-ms", "5000", "--pool-timeout-ms", "5000"]
-        if cls.PROCESSES == 1:
-            cls.h.start_server(extra=extra, database=LAB.write_uri)
-        else:
-            a = cls.h.start_server(extra=extra + ["--reuse-port"], database=LAB.write_uri)
-            cls.h.start_server("127.0.0.1:%d" % a.port, extra + ["--reuse-port"], database=LAB.write_uri)
+        start_processes(cls, ["--db-timeout-ms", "5000", "--pool-timeout-ms", "5000"])
 
     def trigger(self, what, *args):
         before = LAB.primary()
@@ -295,12 +299,7 @@ class ReadYourWrites(shoplib.ShopTestCase):
 
     @classmethod
     def setUpServers(cls):
-        extra = ["--read-database", LAB.node[3]]
-        if cls.PROCESSES == 1:
-            cls.h.start_server(extra=extra, database=LAB.write_uri)
-        else:
-            a = cls.h.start_server(extra=extra + ["--reuse-port"], database=LAB.write_uri)
-            cls.h.start_server("127.0.0.1:%d" % a.port, extra + ["--reuse-port"], database=LAB.write_uri)
+        start_processes(cls, ["--read-database", LAB.node[3]])
 
     def test_reads_never_older_than_own_writes(self):
         h = self.h
