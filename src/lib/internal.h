@@ -53,6 +53,7 @@ struct pgtx_conn {
     atomic_bool doomed;   /* the server sent FATAL: do not reuse */
     bool timed_out;       /* socket_timeout_ms ran out: its socket is shut */
     bool read_only_node;  /* its server is a standby: close it on return */
+    char node[PGTX_NODE_SIZE]; /* "host:port" of its server, set when opened */
     pgtx__stmt_cache *cache; /* owned; NULL when the cache is off */
 };
 
@@ -165,8 +166,6 @@ bool pgtx__maybe_standby(PGconn *pg);
 /* A transaction of the pool lost its connection or found a standby: the
    connections idle before now get a full look at their next checkout. */
 void pgtx__pool_suspect(pgtx_pool *pool);
-/* Close `conn` when it is returned, counted as read_only_closed. */
-void pgtx__conn_doom_read_only(pgtx_conn *conn);
 
 /* ---- engines ---- */
 const pgtx_engine_options *pgtx__engine_options(const pgtx_engine *engine);

@@ -552,6 +552,7 @@ static pgtx_conn *conn_wrap(pgtx_pool *pool, PGconn *pg, uint64_t id)
     c->id = id;
     c->created_us = c->last_used_us = pgtx__now_us();
     c->expires_us = expiry_for(pool, c->created_us);
+    pgtx__conn_node(pg, c->node, sizeof c->node);
     atomic_init(&c->doomed, false);
     /* Without a cache (or the memory for one) statements go unprepared. */
     c->cache = pgtx__stmt_cache_create(pool->cfg.statement_cache_size);
@@ -864,12 +865,6 @@ pgtx_status pgtx__pool_checkout_for_runner(pgtx_pool *pool, pgtx_conn **out,
 void pgtx__pool_suspect(pgtx_pool *pool)
 {
     atomic_store_explicit(&pool->suspect_us, pgtx__now_us(), memory_order_relaxed);
-}
-
-void pgtx__conn_doom_read_only(pgtx_conn *c)
-{
-    c->read_only_node = true;
-    pgtx__pool_suspect(c->pool);
 }
 
 /* ---- return ------------------------------------------------------------ */

@@ -89,7 +89,7 @@ static pgtx_status read_only_node(pgtx_tx *tx, pgtx_status st, pgtx_error *e)
     if (strcmp(e->sqlstate, "25006") != 0 ||
         pgtx__engine_options(tx->engine)->read_only || !pgtx__maybe_standby(tx->pg))
         return st;
-    pgtx__conn_doom_read_only(tx->conn);
+    tx->conn->read_only_node = true; /* closed on return (read_only_closed) */
     e->status = PGTX_READ_ONLY_NODE;
     return PGTX_READ_ONLY_NODE;
 }
@@ -551,7 +551,7 @@ static pgtx_status attempt_outcome(pgtx_tx *tx, pgtx_status st, pgtx_error *e)
    standby would only be refused: close it unused. */
 static pgtx_status standby_refused(pgtx_tx *tx, pgtx_error *e)
 {
-    pgtx__conn_doom_read_only(tx->conn);
+    tx->conn->read_only_node = true;
     pgtx__log(tx->pool, PGTX_LOG_INFO, "pgtx: a read-write transaction found a "
               "standby (in_hot_standby=on) at checkout; closing that connection");
     return pgtx_fail(e, PGTX_READ_ONLY_NODE, "the server is a standby "
@@ -567,7 +567,7 @@ static pgtx_status run_attempt(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
     if (st != PGTX_OK)
         return st;
     tx.pg = pgtx_conn_pg_borrow(tx.conn);
-    pgtx__conn_node(tx.pg, where->node, sizeof where->node);
+    memcpy(where->node, tx.conn->node, sizeof where->node);
     if (!pgtx__engine_options(engine)->read_only && pgtx__on_standby(tx.pg))
         st = standby_refused(&tx, e);
     else
@@ -576,6 +576,8 @@ static pgtx_status run_attempt(pgtx_engine *engine, pgtx_tx_fn fn, void *arg,
         st = tx_commit(&tx, e);
     if (st != PGTX_OK)
         tx_rollback(&tx);
+    /* READ_ONLY_NODE is of this class too: the others on its server are
+       standbys as well */
     if (pgtx_status_class(st) == PGTX_CLASS_CONNECTION)
         pgtx__pool_suspect(pool);
     where->commit_lsn = st == PGTX_OK ? tx.commit_lsn : 0;

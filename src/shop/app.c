@@ -4,6 +4,7 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- routes ------------------------------------------------------------------ */
 
@@ -64,6 +65,13 @@ static const shop_route ROUTES[] = {
 };
 
 #define ROUTE_COUNT (sizeof ROUTES / sizeof ROUTES[0])
+
+int64_t shop_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* A path id is canonical decimal: 1..INT64_MAX, no sign, no leading zero,
    so that each resource has exactly one URL. */

@@ -44,8 +44,8 @@ struct shop_app {
     pgtx_engine *reader;        /* owned: READ COMMITTED, READ ONLY */
     pgtx_engine *standby;       /* owned: READ ONLY on the standbys' pool
                                    (--read-database), or NULL */
-    _Atomic int64_t standby_down_until_us; /* reads skip the standbys until
-                                              then (CLOCK_MONOTONIC) */
+    _Atomic int64_t standby_down_until_ms; /* reads skip the standbys until
+                                              then (shop_now_ms) */
     pgtx_strategy default_strategy;
     bool allow_unsafe;
     bool has_admin;             /* false: no admin token, admin routes 401 */
@@ -93,6 +93,9 @@ pgtx_status fault_abort(shop_fault *f, pgtx_error *err, int status,
     APP_PRINTF(5, 6);
 /* Clears a fault at the start of an attempt (a callback may run again). */
 void fault_reset(shop_fault *f);
+
+/* CLOCK_MONOTONIC in milliseconds (app.c). */
+int64_t shop_now_ms(void);
 
 /* A decimal id as the API writes them: 1..INT64_MAX, digits only, no
    leading zero (app.c). */

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 /*
  * Account lookups are cached for a short while, found or not, so that a
@@ -48,13 +47,6 @@ static void hash_text(const char *s, size_t len, unsigned char out[SHOP_HASH_BYT
 {
     crypto_generichash(out, SHOP_HASH_BYTES, (const unsigned char *)s, len,
                        NULL, 0);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static auth_cache *cache_new(void)
@@ -124,7 +116,7 @@ static int cache_get(auth_cache *c, int64_t id, unsigned char hash[SHOP_HASH_BYT
     while (e->id == id && e->pending)
         pthread_cond_wait(&c->filled, &c->mu);
     int known = -1;
-    if (e->id == id && now_ms() < e->expires_ms) {
+    if (e->id == id && shop_now_ms() < e->expires_ms) {
         known = e->found;
         memcpy(hash, e->hash, SHOP_HASH_BYTES);
     } else if (!e->pending) {
@@ -149,7 +141,7 @@ static void cache_fill(auth_cache *c, int64_t id, uint64_t ticket, bool ok,
             e->pending = false;
             e->found = found;
             memcpy(e->hash, hash, SHOP_HASH_BYTES);
-            e->expires_ms = now_ms() + AUTH_TTL_MS;
+            e->expires_ms = shop_now_ms() + AUTH_TTL_MS;
         } else {
             memset(e, 0, sizeof *e);
         }

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* Type oids of the columns the shop selects (pg_type.h is server-side). */
 #define OID_BOOL 16
@@ -158,8 +157,7 @@ void reply_row(shop_response *res, int status, const PGresult *r)
 /* A read on a standby, with the check that it has replayed the client's
    last commit in the same round trip. */
 typedef struct standby_read {
-    pgtx_tx_fn fn;
-    void *arg;
+    stmt_arg *read;
     const char *lsn;  /* pg_lsn text, or NULL: any standby will do */
     PGresult *caught_up;
 } standby_read;
@@ -173,7 +171,7 @@ static pgtx_status standby_tx(pgtx_tx *tx, void *p, pgtx_error *err)
         st = pgtx_queue(tx, "SELECT NOT pg_is_in_recovery()"
                             " OR pg_last_wal_replay_lsn() >= $1::pg_lsn",
                         1, &r->lsn, &r->caught_up, err);
-    return st != PGTX_OK ? st : r->fn(tx, r->arg, err);
+    return st != PGTX_OK ? st : stmt_tx(tx, r->read, err);
 }
 
 /* Did the standby's answer come from far enough along? */
@@ -183,38 +181,27 @@ static bool standby_fresh(const standby_read *r)
            (PQntuples(r->caught_up) == 1 && PQgetvalue(r->caught_up, 0, 0)[0] == 't');
 }
 
-/* A GET's transaction: on a standby when there are some and the one it
-   gets has replayed the client's Pgtx-Commit-LSN; else (or when no
-   standby can be had) on the primary, which has everything committed. */
 /* After a standby could not be had, reads go straight to the primary for
    this long: a standby that is down must not cost every read a connect
    attempt. */
-#define STANDBY_BACKOFF_US 1000000
-
-static int64_t monotonic_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
+#define STANDBY_BACKOFF_MS 1000
 
 static bool standby_skipped(shop_app *app)
 {
-    return app->standby == NULL ||
-           atomic_load_explicit(&app->standby_down_until_us, memory_order_relaxed) >
-               monotonic_us();
+    return atomic_load_explicit(&app->standby_down_until_ms, memory_order_relaxed) >
+           shop_now_ms();
 }
 
 static void standby_failed(shop_app *app, pgtx_status st)
 {
     pgtx_class c = pgtx_status_class(st);
     if (c == PGTX_CLASS_CONNECTION || c == PGTX_CLASS_POOL)
-        atomic_store_explicit(&app->standby_down_until_us,
-                              monotonic_us() + STANDBY_BACKOFF_US, memory_order_relaxed);
+        atomic_store_explicit(&app->standby_down_until_ms,
+                              shop_now_ms() + STANDBY_BACKOFF_MS, memory_order_relaxed);
 }
 
-/* Where the read ran (and, with `rows`, what it found): Pgtx-Read-From
-   goes only on the answers it decides, 200 and 404. */
+/* Where the read ran, for the metrics and Pgtx-Read-From (which goes
+   only on the answers the read decides, 200 and 404). */
 static void read_from(shop_ctx *ctx, bool standby, shop_read_outcome o)
 {
     if (ctx->app->metrics)
@@ -235,8 +222,7 @@ static bool run_read(shop_ctx *ctx, stmt_arg *a)
     shop_read_outcome o = SHOP_READ_UNAVAILABLE;
     if (!standby_skipped(app)) {
         char lsn[PGTX_LSN_SIZE];
-        standby_read r = {stmt_tx, a,
-                          ctx->min_lsn ? pgtx_lsn_format(ctx->min_lsn, lsn) : NULL, NULL};
+        standby_read r = {a, ctx->min_lsn ? pgtx_lsn_format(ctx->min_lsn, lsn) : NULL, NULL};
         pgtx_run_info info;
         pgtx_error err;
         pgtx_status st = pgtx_run(app->standby, standby_tx, &r, &info, &err);
